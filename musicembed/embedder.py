@@ -1,0 +1,405 @@
+"""The ``embed`` logic: inputs -> streamed audio blocks -> windows -> batches -> model -> pooling.
+
+A background thread decodes (and resamples) the next blocks while the model runs, so
+decoding overlaps with compute and memory stays bounded: at most a few blocks of audio
+and one batch of windows are alive at a time, whatever the file length. Windows of
+different files share batches.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import hub
+from .audio import AudioInput, stream_audio
+from .config import ModelConfig
+from .errors import AudioError, MusicEmbedError
+from .models import build_model
+
+DEFAULT_CPU_BATCH = 4  # small batches are fastest for these convnets on CPU
+DEFAULT_GPU_BATCH = 64
+_QUEUE_BLOCKS = 4
+
+
+@dataclass
+class LevelEmbedding:
+    """One MART level: ``vectors`` (K, D) with each clip's ``starts``/``ends`` in seconds."""
+
+    level: int
+    vectors: np.ndarray
+    starts: np.ndarray
+    ends: np.ndarray
+
+
+@dataclass
+class Embedding:
+    """Everything ``embed`` computed for one input.
+
+    ``clip`` (D,) is the clip-level vector (mean over windows); ``vectors`` (W, D) are the
+    per-window vectors with ``starts``/``ends`` in seconds; ``levels`` holds MART's per-level
+    vectors when ``hierarchical=True`` (level 0 = the windows themselves).
+    """
+
+    source: str
+    clip: np.ndarray
+    vectors: np.ndarray
+    starts: np.ndarray
+    ends: np.ndarray
+    duration: float
+    levels: list[LevelEmbedding] | None = None
+
+
+class EmbedError(MusicEmbedError):
+    """Some inputs of a batch failed. ``errors`` maps input index -> AudioError; ``results``
+    holds every input's Embedding (None where it failed), so no finished work is lost."""
+
+    def __init__(self, errors: dict[int, AudioError], results: list[Embedding | None]) -> None:
+        lines = [f"  {e}" for e in errors.values()]
+        super().__init__(f"{len(errors)} of {len(results)} inputs failed:\n" + "\n".join(lines))
+        self.errors = errors
+        self.results = results
+
+
+@dataclass
+class _Track:
+    """Per-input state while its windows are in flight."""
+
+    source: str
+    pending: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    offset: int = 0  # absolute sample index of pending[0]
+    total: int = 0  # samples received so far
+    next_start: int = 0  # absolute start of the next window
+    windows: int = 0  # windows handed out
+    done_windows: int = 0
+    finished: bool = False
+    vectors: list[np.ndarray] = field(default_factory=list)
+    starts: list[int] = field(default_factory=list)
+    levels: list[list[np.ndarray]] | None = None
+
+
+_END = object()
+
+
+def _source_name(x: AudioInput) -> str:
+    if isinstance(x, (np.ndarray, torch.Tensor)):
+        return "<array>"
+    return os.fspath(x)
+
+
+class Model:
+    """A loaded PEMR or MART encoder with its frontend. Create with :func:`musicembed.load_model`."""
+
+    def __init__(self, net: nn.Module, config: ModelConfig, device: str | torch.device | None = None,
+                 source: str = "") -> None:
+        self.config = config
+        self.source = source
+        self.device = torch.device(device) if device is not None else _default_device()
+        self.net = net.eval().to(self.device)
+        self._lock = threading.Lock()
+
+    # -- facts
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def embedding_dim(self) -> int:
+        """Size D of every vector this model returns."""
+        return self.config.embedding_dim
+
+    @property
+    def sample_rate(self) -> int:
+        """Rate (Hz) audio is resampled to before the frontend."""
+        return self.config.sample_rate
+
+    def __repr__(self) -> str:
+        return (f"Model(name={self.name!r}, method={self.config.method!r}, dim={self.embedding_dim}, "
+                f"sample_rate={self.sample_rate}, window={self.config.window_seconds:g}s, device={self.device})")
+
+    # -- saving
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write config.json + model.safetensors so that ``load_model(directory)`` loads this model."""
+        hub.save_pretrained(self.net, directory, self.config)
+
+    def push_to_hub(self, repo_id: str, **kwargs) -> str:
+        """Upload config.json + model.safetensors to a Hugging Face Hub repo (needs a token)."""
+        return hub.push_to_hub(self.net, repo_id, **kwargs)
+
+    # -- embedding
+    def embed(
+        self,
+        audio: AudioInput | Sequence[AudioInput],
+        sample_rate: int | None = None,
+        *,
+        return_timestamps: bool = False,
+        hierarchical: bool = False,
+        window_seconds: float | None = None,
+        hop_seconds: float | None = None,
+        batch_size: int | None = None,
+        device: str | torch.device | None = None,
+        progress: bool | None = None,
+    ) -> np.ndarray | Embedding | list[Embedding]:
+        """Embed one input or a list of inputs.
+
+        ``audio`` is a path (WAV/FLAC/OGG/MP3/...), a numpy array or torch tensor (then
+        ``sample_rate`` in Hz is required; 1-D, or 2-D with the shorter axis as channels),
+        or a list of these. Returns float32 numpy: (D,) for one input, (N, D) for a list.
+        With ``return_timestamps=True`` (or ``hierarchical=True``, MART only) it returns an
+        :class:`Embedding` per input instead (a list for a list input).
+
+        ``window_seconds``/``hop_seconds`` set the analysis window and its step (default: the
+        model's trained window, non-overlapping). Inputs shorter than a window are zero-padded.
+        Failing inputs of a list raise :class:`EmbedError` after all others are done.
+        """
+        if hierarchical and self.config.method != "mart":
+            raise ValueError(f"hierarchical=True needs a MART model; {self.name!r} is {self.config.method}")
+        single = isinstance(audio, (str, os.PathLike, np.ndarray, torch.Tensor))
+        inputs = [audio] if single else list(audio)
+        if device is not None:
+            self.to(device)
+        results: list[Embedding | None] = [None] * len(inputs)
+        errors: dict[int, AudioError] = {}
+        for i, res in self.iter_embed(inputs, sample_rate, hierarchical=hierarchical, window_seconds=window_seconds,
+                                      hop_seconds=hop_seconds, batch_size=batch_size, progress=progress):
+            if isinstance(res, AudioError):
+                errors[i] = res
+            else:
+                results[i] = res
+        if single and errors:
+            raise errors[0]
+        if errors:
+            raise EmbedError(errors, results)
+        if return_timestamps or hierarchical:
+            return results[0] if single else results  # type: ignore[return-value]
+        if single:
+            return results[0].clip  # type: ignore[union-attr]
+        if not results:
+            return np.zeros((0, self.embedding_dim), np.float32)
+        return np.stack([r.clip for r in results])  # type: ignore[union-attr]
+
+    def to(self, device: str | torch.device) -> "Model":
+        """Move the model to ``device`` ('cpu', 'cuda', 'cuda:1', ...)."""
+        self.device = torch.device(device)
+        self.net.to(self.device)
+        return self
+
+    def iter_embed(
+        self,
+        inputs: Sequence[AudioInput],
+        sample_rate: int | None = None,
+        *,
+        hierarchical: bool = False,
+        window_seconds: float | None = None,
+        hop_seconds: float | None = None,
+        batch_size: int | None = None,
+        progress: bool | None = None,
+    ) -> Iterator[tuple[int, Embedding | AudioError]]:
+        """Yield (index, Embedding or AudioError) for each input, in input order, as each finishes."""
+        sr = self.sample_rate
+        window = int(round((window_seconds or self.config.window_seconds) * sr))
+        hop = int(round(hop_seconds * sr)) if hop_seconds else window
+        if window < 1 or hop < 1:
+            raise ValueError("window_seconds and hop_seconds must be positive")
+        if self.config.method == "mart" and window // self.config.mart.parts ** (self.config.mart.levels - 1) < self.config.mart.frames:
+            raise ValueError(f"window of {window / sr:g} s is too short for this MART model's hierarchy")
+        bs = batch_size or (DEFAULT_GPU_BATCH if self.device.type == "cuda" else DEFAULT_CPU_BATCH)
+        q: queue.Queue = queue.Queue(maxsize=_QUEUE_BLOCKS)
+        stop = threading.Event()
+        producer = threading.Thread(target=_produce, args=(inputs, sr, sample_rate, q, stop), daemon=True)
+        producer.start()
+        bar = _progress_bar(len(inputs), progress)
+        tracks: dict[int, _Track] = {}
+        batch: list[tuple[int, int, np.ndarray]] = []  # (input index, start sample, window)
+        next_out = 0
+        ready: dict[int, Embedding | AudioError] = {}
+        try:
+            while True:
+                item = q.get()
+                if item is _END:
+                    break
+                idx, payload = item
+                track = tracks.setdefault(idx, _Track(_source_name(inputs[idx])))
+                if isinstance(payload, AudioError):
+                    ready[idx] = payload
+                    batch = [b for b in batch if b[0] != idx]
+                    tracks.pop(idx)
+                elif payload is None:
+                    track.finished = True
+                    batch += _cut_windows(idx, track, window, hop, final=True)
+                else:
+                    track.pending = np.concatenate([track.pending, payload]) if track.pending.size else payload
+                    track.total += len(payload)
+                    batch += _cut_windows(idx, track, window, hop, final=False)
+                while len(batch) >= bs:
+                    self._run(batch[:bs], tracks, hierarchical, window)
+                    batch = batch[bs:]
+                if batch and _any_finished_waiting(tracks, batch):
+                    self._run(batch, tracks, hierarchical, window)
+                    batch = []
+                for i, t in list(tracks.items()):
+                    if t.finished and t.done_windows == t.windows:
+                        ready[i] = self._finish(t, hierarchical, window, hop)
+                        tracks.pop(i)
+                while next_out in ready:
+                    res = ready.pop(next_out)
+                    if bar is not None:
+                        bar.update(1)
+                    yield next_out, res
+                    next_out += 1
+        finally:
+            stop.set()
+            while producer.is_alive():  # unblock a producer waiting on a full queue
+                try:
+                    q.get_nowait()
+                except queue.Empty:
+                    producer.join(0.05)
+            if bar is not None:
+                bar.close()
+
+    @torch.inference_mode()
+    def _run(self, batch: list[tuple[int, int, np.ndarray]], tracks: dict[int, _Track], hierarchical: bool,
+             window: int) -> None:
+        x = torch.from_numpy(np.stack([w for _, _, w in batch]))
+        if self.device.type == "cuda":
+            x = x.pin_memory().to(self.device, non_blocking=True)
+        with self._lock:  # one forward at a time per model: safe to share a Model across threads
+            out = self.net(x)
+        if isinstance(out, list):  # MART: per-level (B, M^n, D); level 0 is the window vector
+            levels = [o.float().cpu().numpy() for o in out]
+            vecs = levels[0][:, 0]
+        else:
+            levels, vecs = None, out.float().cpu().numpy()
+        for j, (idx, start, _) in enumerate(batch):
+            t = tracks[idx]
+            t.vectors.append(vecs[j])
+            t.starts.append(start)
+            if hierarchical and levels is not None:
+                if t.levels is None:
+                    t.levels = [[] for _ in levels]
+                for n, lv in enumerate(levels):
+                    t.levels[n].append(lv[j])
+            t.done_windows += 1
+
+    def _finish(self, t: _Track, hierarchical: bool, window: int, hop: int) -> Embedding:
+        sr = self.sample_rate
+        vectors = np.stack(t.vectors).astype(np.float32)
+        starts = np.asarray(t.starts, dtype=np.int64)
+        ends = np.minimum(starts + window, max(t.total, 1))
+        levels = None
+        if hierarchical and t.levels is not None:
+            levels = []
+            spans = self.net.level_spans(window)
+            for n, lv in enumerate(t.levels):
+                rel = np.asarray(spans[n], dtype=np.int64)  # (M^n, 2) within a window
+                abs_spans = starts[:, None, None] + rel[None]  # (W, M^n, 2)
+                abs_spans = np.minimum(abs_spans, max(t.total, 1))
+                levels.append(LevelEmbedding(
+                    level=n,
+                    vectors=np.concatenate(lv).astype(np.float32),
+                    starts=abs_spans[..., 0].reshape(-1) / sr,
+                    ends=abs_spans[..., 1].reshape(-1) / sr,
+                ))
+        return Embedding(source=t.source, clip=vectors.mean(axis=0).astype(np.float32), vectors=vectors,
+                         starts=starts / sr, ends=ends / sr, duration=t.total / sr, levels=levels)
+
+
+def _any_finished_waiting(tracks: dict[int, _Track], batch: list[tuple[int, int, np.ndarray]]) -> bool:
+    """Run a partial batch only when nothing more can come: every track in it has ended
+    and the producer has nothing queued for them (the consumer cannot tell the latter, so
+    flush as soon as all tracks in the batch are finished)."""
+    return all(tracks[i].finished for i, _, _ in batch)
+
+
+def _cut_windows(idx: int, t: _Track, window: int, hop: int, final: bool) -> list[tuple[int, int, np.ndarray]]:
+    """Cut every complete window out of ``t.pending``; at the end, also the tail.
+
+    The tail (audio after the last full window) becomes one more window aligned to the end
+    of the track when it is at least half a window long; a track shorter than one window
+    is zero-padded to a single window.
+    """
+    out = []
+    while t.next_start + window <= t.offset + len(t.pending):
+        s = t.next_start - t.offset
+        out.append((idx, t.next_start, t.pending[s : s + window].copy()))
+        t.next_start += hop
+    if final:
+        covered = t.next_start - hop + window if t.windows + len(out) else 0
+        if t.windows + len(out) == 0:
+            pad = np.zeros(window, np.float32)
+            pad[: t.total] = t.pending[-t.total:] if t.total else 0
+            out.append((idx, 0, pad))
+        elif t.total - covered >= window // 2:
+            start = t.total - window
+            s = start - t.offset
+            out.append((idx, start, t.pending[s : s + window].copy()))
+        t.pending = np.zeros(0, np.float32)
+    else:
+        # Keep only what later windows (and a possible end-aligned tail window) can still use.
+        keep_from = min(t.next_start, max(t.offset + len(t.pending) - window, t.offset))
+        drop = keep_from - t.offset
+        if drop > 0:
+            t.pending = t.pending[drop:]
+            t.offset = keep_from
+    t.windows += len(out)
+    return out
+
+
+def _produce(inputs: Sequence[AudioInput], sr: int, source_rate: int | None, q: queue.Queue,
+             stop: threading.Event) -> None:
+    """Decode inputs in order, putting (index, block), (index, None) at the end of an input,
+    or (index, AudioError); then _END."""
+    for i, x in enumerate(inputs):
+        if stop.is_set():
+            return
+        try:
+            for block in stream_audio(x, sr, source_rate=source_rate):
+                q.put((i, block))
+                if stop.is_set():
+                    return
+            q.put((i, None))
+        except AudioError as e:
+            q.put((i, e))
+        except Exception as e:  # a decoder bug must cost this file only, never the run
+            q.put((i, AudioError(_source_name(x), f"{type(e).__name__}: {e}")))
+    q.put(_END)
+
+
+def _progress_bar(total: int, progress: bool | None):
+    if progress is None:
+        progress = total > 1 and os.isatty(2)
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="file", desc="embedding")
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_model(name: str | os.PathLike = "pemr", device: str | torch.device | None = None,
+               force_download: bool = False) -> Model:
+    """Load a model by manifest name, local directory, or ``"hf-hub:<owner>/<repo>[@revision]"``.
+
+    The weights are checked against their sha256 and read as safetensors only. ``device``
+    defaults to CUDA when available, else CPU.
+    """
+    resolved = hub.resolve(name, force_download=force_download)
+    net = build_model(resolved.config)
+    state = hub.load_state_dict(resolved)
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise hub.WeightsError(
+            f"{resolved.source}: weights do not match the config's architecture "
+            f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})"
+        )
+    return Model(net, resolved.config, device=device, source=resolved.source)

@@ -1,0 +1,76 @@
+"""Log-mel frontend: mono waveforms (batch, samples) -> log-mel (batch, n_mels, frames) in dB.
+
+Runs on whatever device the module is on. Its buffers (window, mel filterbank) are
+rebuilt from the config and never stored in the weights file.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torchaudio.functional as AF
+from torch import nn
+
+from .config import FrontendConfig
+
+
+def mel_filterbank(cfg: FrontendConfig) -> torch.Tensor:
+    """Mel filterbank (n_fft // 2 + 1, n_mels), validated to have no all-zero filter."""
+    fb_rate = cfg.filterbank_sample_rate or cfg.sample_rate
+    f_max = cfg.f_max if cfg.f_max is not None else fb_rate / 2
+    with warnings.catch_warnings():  # empty filters are reported below, with a remedy
+        warnings.simplefilter("ignore", UserWarning)
+        fb = AF.melscale_fbanks(
+            n_freqs=cfg.n_fft // 2 + 1,
+            f_min=cfg.f_min,
+            f_max=f_max,
+            n_mels=cfg.n_mels,
+            sample_rate=fb_rate,
+            norm=cfg.mel_norm,
+            mel_scale=cfg.mel_scale,
+        )
+    empty = (fb.max(dim=0).values <= 0).nonzero().flatten().tolist()
+    if empty and not cfg.allow_empty_filters:
+        raise ValueError(
+            f"mel filterbank has {len(empty)} all-zero filters (bands {empty[:8]}...): "
+            f"n_fft={cfg.n_fft} is too small for {cfg.n_mels} mel bands at {fb_rate} Hz; "
+            "raise n_fft or lower n_mels"
+        )
+    return fb
+
+
+class LogMel(nn.Module):
+    """STFT power -> mel -> 10*log10(max(power, amin)), optionally clipped to ``top_db``."""
+
+    def __init__(self, cfg: FrontendConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.register_buffer("window", torch.hann_window(cfg.n_fft), persistent=False)
+        self.register_buffer("fb", mel_filterbank(cfg).T.contiguous(), persistent=False)
+
+    def forward(self, wave: torch.Tensor, hop_length: int | None = None) -> torch.Tensor:
+        """wave (batch, samples) float -> (batch, n_mels, frames); ``hop_length`` overrides the config's."""
+        cfg = self.cfg
+        spec = torch.stft(
+            wave.float(),
+            n_fft=cfg.n_fft,
+            hop_length=hop_length or cfg.hop_length,
+            window=self.window,
+            center=cfg.center,
+            pad_mode="reflect",
+            return_complex=True,
+        )
+        power = spec.real.square() + spec.imag.square()
+        mel = torch.matmul(self.fb, power)
+        db = 10.0 * torch.log10(torch.clamp(mel, min=cfg.amin))
+        if cfg.top_db is not None:
+            peak = db.amax(dim=(-2, -1), keepdim=True)
+            db = torch.maximum(db, peak - cfg.top_db)
+        return db
+
+    def num_frames(self, samples: int, hop_length: int | None = None) -> int:
+        hop = hop_length or self.cfg.hop_length
+        if self.cfg.center:
+            return samples // hop + 1
+        return 1 + (samples - self.cfg.n_fft) // hop

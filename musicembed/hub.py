@@ -1,0 +1,265 @@
+"""Weights: resolve a model reference to verified files, load them, save and publish them.
+
+A reference is one of
+- a name from ``weights_manifest.json`` (files bundled in the package, else the Hub repo
+  the manifest names, through huggingface_hub's cache; ``HF_HUB_OFFLINE=1`` is honoured),
+- a local directory holding ``config.json`` + ``model.safetensors`` (from ``save_pretrained``),
+- ``hf-hub:<owner>/<repo>[@<revision>]``.
+
+Every weights file is checked against a sha256 before it is read, and only safetensors
+are loaded: nothing in a weights file can run code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .config import ModelConfig
+from .errors import WeightsError
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+HUB_PREFIX = "hf-hub:"
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _safe_relpath(name: str, what: str) -> str:
+    """Reject file names that could leave their directory ('..', absolute, drive letters)."""
+    p = PurePosixPath(name.replace("\\", "/"))
+    if not name or p.is_absolute() or ".." in p.parts or ":" in name:
+        raise WeightsError(f"{what}: refusing file name {name!r} (must be a relative path inside the model folder)")
+    return str(p)
+
+
+# ----------------------------------------------------------------------------- manifest
+
+
+def _package_dir() -> Path:
+    return Path(str(resources.files("musicembed")))
+
+
+def read_manifest() -> dict[str, Any]:
+    """The parsed ``weights_manifest.json`` shipped with the package."""
+    return json.loads((_package_dir() / "weights_manifest.json").read_text())
+
+
+def list_models() -> list[str]:
+    """Names of the models in the manifest."""
+    return sorted(read_manifest()["models"])
+
+
+def model_entry(name: str) -> dict[str, Any]:
+    models = read_manifest()["models"]
+    if name not in models:
+        known = ", ".join(sorted(models)) or "(none)"
+        raise WeightsError(
+            f"unknown model {name!r}. Known models: {known}. "
+            "Pass a local directory with config.json + model.safetensors, or 'hf-hub:<owner>/<repo>[@revision]'."
+        )
+    return models[name]
+
+
+def bundled_dir(entry: dict[str, Any]) -> Path | None:
+    """The package folder holding an entry's files, if they are all there."""
+    if not entry.get("bundled"):
+        return None
+    folder = _package_dir() / _safe_relpath(entry["bundled"], "manifest")
+    names = [_safe_relpath(f["name"], "manifest") for f in entry["files"]]
+    return folder if all((folder / n).is_file() for n in names) else None
+
+
+def available_offline(name: str) -> bool:
+    """True when the model's files are bundled or already in the Hugging Face cache."""
+    entry = model_entry(name)
+    if bundled_dir(entry) is not None:
+        return True
+    hub = entry.get("hub") or {}
+    if not hub.get("repo_id"):
+        return False
+    from huggingface_hub import try_to_load_from_cache
+
+    return all(
+        isinstance(try_to_load_from_cache(hub["repo_id"], f["name"], revision=hub.get("revision")), str)
+        for f in entry["files"]
+    )
+
+
+# ----------------------------------------------------------------------------- resolution
+
+
+@dataclass
+class Resolved:
+    """Verified local files of one model."""
+
+    config: ModelConfig
+    weights: Path
+    source: str
+
+
+def _verify(path: Path, expected: str | None, source: str) -> None:
+    if not path.is_file():
+        raise WeightsError(f"{source}: weights file {path} is missing")
+    if not expected:
+        raise WeightsError(
+            f"{source}: no sha256 recorded for {path.name}; refusing unverified weights. "
+            "Re-save the model with save_pretrained() (it records the checksum in config.json)."
+        )
+    actual = sha256_file(path)
+    if actual != expected:
+        raise WeightsError(
+            f"{source}: checksum mismatch for {path} (expected sha256 {expected[:12]}..., got {actual[:12]}...). "
+            "The file is corrupt, truncated or was modified: delete it and download or export it again "
+            "(for a cached Hub file: `musicembed download NAME --force`)."
+        )
+
+
+def _read_config(path: Path, source: str) -> tuple[ModelConfig, dict[str, Any]]:
+    try:
+        raw = json.loads(path.read_text())
+        files = raw.pop("files", {})
+        return ModelConfig.from_dict(raw), files
+    except FileNotFoundError:
+        raise WeightsError(f"{source}: {CONFIG_NAME} not found in {path.parent}") from None
+    except (ValueError, TypeError) as e:
+        raise WeightsError(f"{source}: invalid {CONFIG_NAME}: {e}") from None
+
+
+def _resolve_dir(folder: Path, source: str, expected: dict[str, str] | None = None) -> Resolved:
+    config, files = _read_config(folder / CONFIG_NAME, source)
+    if expected and CONFIG_NAME in expected:
+        _verify(folder / CONFIG_NAME, expected[CONFIG_NAME], source)
+    weights_name = _safe_relpath(next(iter(files), WEIGHTS_NAME), source)
+    sha = (expected or {}).get(weights_name) or files.get(weights_name, {}).get("sha256")
+    weights = folder / weights_name
+    _verify(weights, sha, source)
+    return Resolved(config=config, weights=weights, source=source)
+
+
+def _hub_download(repo_id: str, filename: str, revision: str | None, source: str, force: bool = False) -> Path:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(hf_hub_download(repo_id, filename, revision=revision, force_download=force))
+    except LocalEntryNotFoundError:
+        raise WeightsError(
+            f"{source}: {filename} is not in the local Hugging Face cache and the Hub cannot be reached "
+            "(offline or HF_HUB_OFFLINE=1). Download it once with network access: "
+            f"`musicembed download {source}`."
+        ) from None
+    except Exception as e:  # network, auth, missing repo or revision: all reported the same way
+        raise WeightsError(f"{source}: could not fetch {filename} from the Hub repo {repo_id!r}: {e}") from None
+
+
+def _resolve_hub(repo_id: str, revision: str | None, source: str, expected: dict[str, str] | None = None,
+                 force: bool = False) -> Resolved:
+    cfg_path = _hub_download(repo_id, CONFIG_NAME, revision, source, force)
+    config, files = _read_config(cfg_path, source)
+    if expected and CONFIG_NAME in expected:
+        _verify(cfg_path, expected[CONFIG_NAME], source)
+    weights_name = _safe_relpath(next(iter(files), WEIGHTS_NAME), source)
+    weights = _hub_download(repo_id, weights_name, revision, source, force)
+    sha = (expected or {}).get(weights_name) or files.get(weights_name, {}).get("sha256")
+    _verify(weights, sha, source)
+    return Resolved(config=config, weights=weights, source=source)
+
+
+def parse_hub_ref(ref: str) -> tuple[str, str | None]:
+    """'hf-hub:owner/repo@rev' -> ('owner/repo', 'rev')."""
+    body = ref[len(HUB_PREFIX):]
+    repo_id, _, revision = body.partition("@")
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise WeightsError(f"{ref}: expected 'hf-hub:<owner>/<repo>[@<revision>]'")
+    return repo_id, revision or None
+
+
+def resolve(ref: str | os.PathLike, force_download: bool = False) -> Resolved:
+    """Turn a model reference into verified local files (downloading only when allowed)."""
+    text = os.fspath(ref)
+    if text.startswith(HUB_PREFIX):
+        repo_id, revision = parse_hub_ref(text)
+        return _resolve_hub(repo_id, revision, text, force=force_download)
+    if os.path.isdir(text):
+        return _resolve_dir(Path(text), text)
+    if os.sep in text or text.startswith("."):
+        raise WeightsError(f"{text}: no such model directory")
+    entry = model_entry(text)
+    expected = {_safe_relpath(f["name"], text): f["sha256"] for f in entry["files"]}
+    folder = bundled_dir(entry)
+    if folder is not None and not force_download:
+        return _resolve_dir(folder, text, expected)
+    hub = entry.get("hub") or {}
+    if not hub.get("repo_id"):
+        raise WeightsError(f"{text}: the manifest lists no bundled files and no Hub repository for this model")
+    return _resolve_hub(hub["repo_id"], hub.get("revision"), text, expected, force=force_download)
+
+
+def load_state_dict(resolved: Resolved) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(resolved.weights))
+    except Exception as e:  # a file that passed its checksum but is not valid safetensors
+        raise WeightsError(f"{resolved.source}: {resolved.weights} is not a valid safetensors file: {e}") from None
+
+
+# ----------------------------------------------------------------------------- saving
+
+
+def _atomic_write_bytes(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_pretrained(model: nn.Module, directory: str | os.PathLike, config: ModelConfig | None = None) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` (float32, sha256 recorded) into ``directory``.
+
+    ``model`` is a PEMR/MART inference module (or anything with ``.cfg``); returns the folder.
+    """
+    cfg = config or model.cfg
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
+             for k, v in model.state_dict().items()}
+    _atomic_write_bytes(out / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    weights = out / WEIGHTS_NAME
+    doc = cfg.to_dict()
+    doc["files"] = {WEIGHTS_NAME: {"sha256": sha256_file(weights), "size": weights.stat().st_size}}
+    _atomic_write_bytes(out / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=2) + "\n"))
+    return out
+
+
+def push_to_hub(model: nn.Module, repo_id: str, *, token: str | None = None, private: bool = False,
+                revision: str | None = None, commit_message: str = "Upload musicembed model") -> str:
+    """Save the model to a temporary folder and upload it to the Hub repo; returns the commit URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        save_pretrained(model, tmp)
+        info = api.upload_folder(repo_id=repo_id, folder_path=tmp, revision=revision, commit_message=commit_message)
+    return str(info)
