@@ -396,10 +396,11 @@ def load_model(name: str | os.PathLike = "pemr", device: str | torch.device | No
     resolved = hub.resolve(name, force_download=force_download)
     net = build_model(resolved.config)
     state = hub.load_state_dict(resolved)
-    missing, unexpected = net.load_state_dict(state, strict=False)
-    if missing or unexpected:
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as e:  # missing/unexpected keys or shape mismatches
+        detail = str(e).split(":", 1)[-1].strip().splitlines()
         raise hub.WeightsError(
-            f"{resolved.source}: weights do not match the config's architecture "
-            f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})"
-        )
+            f"{resolved.source}: weights do not match the config's architecture: {' '.join(detail[:3])[:300]}"
+        ) from None
     return Model(net, resolved.config, device=device, source=resolved.source)

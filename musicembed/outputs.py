@@ -1,0 +1,106 @@
+"""Writing embedding results to .npz / .npy / .jsonl, atomically (temporary file, then rename).
+
+Layouts (N files, D dims):
+- ``.npz``: ``paths`` (N,) str, ``embeddings`` (N, D) float32, ``durations`` (N,) seconds,
+  ``model`` str; with windows also ``window_vectors`` (W, D), ``window_starts``/``window_ends``
+  (W,) seconds and ``window_offsets`` (N+1,) so file i owns rows offsets[i]:offsets[i+1];
+  with MART levels, the same four arrays per level as ``level{n}_vectors`` etc.
+- ``.npy``: the (N, D) matrix only; the paths go to ``<name>.paths.txt`` beside it.
+- ``.jsonl``: one JSON object per file: path, duration, embedding, and optionally windows /
+  levels ([{"start", "end", "embedding"}]).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from .embedder import Embedding
+
+FORMATS = (".npz", ".npy", ".jsonl")
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _write_numpy(tmp: str, save: Callable, *args, **kwargs) -> None:
+    with open(tmp, "wb") as f:  # a file object keeps numpy from appending its own suffix
+        save(f, *args, **kwargs)
+
+
+def _stack(parts: list[np.ndarray], dim: int) -> np.ndarray:
+    return np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, dim), np.float32)
+
+
+def _segment_arrays(prefix: str, items: list[tuple[np.ndarray, np.ndarray, np.ndarray]], dim: int) -> dict:
+    offsets = np.cumsum([0] + [len(v) for v, _, _ in items]).astype(np.int64)
+    return {
+        f"{prefix}_vectors": _stack([v for v, _, _ in items], dim),
+        f"{prefix}_starts": np.concatenate([s for _, s, _ in items]) if items else np.zeros(0),
+        f"{prefix}_ends": np.concatenate([e for _, _, e in items]) if items else np.zeros(0),
+        f"{prefix}_offsets": offsets,
+    }
+
+
+def write_results(path: str | os.PathLike, results: list[Embedding], dim: int, model_name: str,
+                  windows: bool = False, levels: bool = False) -> None:
+    """Write ``results`` in the format given by the file extension (see module docstring)."""
+    path = Path(path)
+    ext = path.suffix.lower()
+    if ext not in FORMATS:
+        raise ValueError(f"unsupported output format {ext!r}; use one of {', '.join(FORMATS)}")
+    if ext == ".npy":
+        matrix = _stack([r.clip[None] for r in results], dim)
+        atomic_write(path, lambda tmp: _write_numpy(tmp, np.save, matrix))
+        sidecar = path.with_name(path.name[: -len(".npy")] + ".paths.txt")
+        atomic_write(sidecar, lambda tmp: Path(tmp).write_text("".join(r.source + "\n" for r in results)))
+        return
+    if ext == ".npz":
+        arrays: dict[str, np.ndarray] = {
+            "paths": np.array([r.source for r in results], dtype=str),
+            "embeddings": _stack([r.clip[None] for r in results], dim),
+            "durations": np.array([r.duration for r in results], dtype=np.float64),
+            "model": np.array(model_name),
+        }
+        if windows:
+            arrays.update(_segment_arrays("window", [(r.vectors, r.starts, r.ends) for r in results], dim))
+        if levels and results and results[0].levels:
+            for n in range(len(results[0].levels)):
+                items = [(r.levels[n].vectors, r.levels[n].starts, r.levels[n].ends) for r in results]
+                arrays.update(_segment_arrays(f"level{n}", items, dim))
+        atomic_write(path, lambda tmp: _write_numpy(tmp, np.savez, **arrays))
+        return
+    lines = [json.dumps(to_json(r, windows, levels)) + "\n" for r in results]
+    atomic_write(path, lambda tmp: Path(tmp).write_text("".join(lines)))
+
+
+def _segments(vectors: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> list[dict]:
+    return [{"start": round(float(s), 4), "end": round(float(e), 4), "embedding": v.tolist()}
+            for v, s, e in zip(vectors, starts, ends)]
+
+
+def to_json(r: Embedding, windows: bool = False, levels: bool = False) -> dict:
+    """One result as a JSON-ready dict (floats as lists)."""
+    doc: dict = {"path": r.source, "duration": round(r.duration, 4), "embedding": r.clip.tolist()}
+    if windows:
+        doc["windows"] = _segments(r.vectors, r.starts, r.ends)
+    if levels and r.levels:
+        doc["levels"] = [_segments(lv.vectors, lv.starts, lv.ends) for lv in r.levels]
+    return doc

@@ -1,0 +1,137 @@
+"""Log-mel frontend and the PEMR / MART inference models on tiny configs."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+import torchaudio
+
+from conftest import tiny_mart_config, tiny_pemr_config, tone
+from musicembed.config import FrontendConfig, ModelConfig, mart_config, pemr_config
+from musicembed.frontend import LogMel, mel_filterbank
+from musicembed.models import MARTModel, PEMRModel, build_model
+
+
+def test_default_frontends_have_no_empty_filters():
+    for cfg in (pemr_config(), mart_config()):
+        fb = mel_filterbank(cfg.frontend)
+        assert fb.shape == (cfg.frontend.n_fft // 2 + 1, cfg.frontend.n_mels)
+        assert (fb.max(dim=0).values > 0).all()
+
+
+def test_papers_256_point_fft_is_refused_with_remedy():
+    with pytest.raises(ValueError, match="all-zero filters.*raise n_fft"):
+        mel_filterbank(FrontendConfig(sample_rate=22050, n_fft=256, hop_length=128, n_mels=128))
+
+
+def test_logmel_matches_torchaudio_reference():
+    cfg = FrontendConfig(sample_rate=16000, n_fft=1024, hop_length=256, n_mels=128)
+    x = torch.from_numpy(tone(440, 1.0, 16000))[None]
+    ref = torchaudio.transforms.AmplitudeToDB()(
+        torchaudio.transforms.MelSpectrogram(sample_rate=16000, n_fft=1024, hop_length=256, n_mels=128)(x)
+    )
+    ours = LogMel(cfg)(x)
+    assert ours.shape == ref.shape == (1, 128, 16000 // 256 + 1)
+    torch.testing.assert_close(ours, ref, atol=1e-3, rtol=1e-4)
+
+
+def test_tone_energy_lands_in_the_right_band():
+    cfg = pemr_config().frontend
+    mel = LogMel(cfg)(torch.from_numpy(tone(2000, 1.0, 16000))[None])[0]
+    fb = mel_filterbank(cfg)
+    bin_2k = round(2000 / (16000 / cfg.n_fft))
+    assert mel.mean(dim=1).argmax().item() == fb[bin_2k].argmax().item()
+
+
+def test_top_db_clips_dynamic_range():
+    cfg = dataclasses.replace(FrontendConfig(), top_db=40.0)
+    mel = LogMel(cfg)(torch.from_numpy(tone(440, 0.5, 16000))[None])
+    assert (mel.amax() - mel.amin()).item() <= 40.0 + 1e-4
+
+
+def test_pemr_shapes_and_variable_length():
+    cfg = tiny_pemr_config()
+    net = build_model(cfg).eval()
+    assert isinstance(net, PEMRModel) and cfg.embedding_dim == 16
+    with torch.no_grad():
+        assert net(torch.randn(3, cfg.window_samples)).shape == (3, 16)
+        assert net(torch.randn(2, 2 * cfg.window_samples)).shape == (2, 16)
+
+
+def test_default_configs_build_with_the_documented_sizes():
+    for cfg in (pemr_config(), mart_config()):
+        net = build_model(cfg).eval()
+        with torch.no_grad():
+            out = net(torch.randn(1, cfg.window_samples))
+        z = out[0] if isinstance(out, list) else out
+        assert z.shape[-1] == cfg.embedding_dim == 512
+
+
+def test_mart_levels_have_equal_mel_size_and_spans():
+    cfg = tiny_mart_config()
+    net = build_model(cfg).eval()
+    assert isinstance(net, MARTModel)
+    wave = torch.randn(2, cfg.window_samples)
+    mels = net.level_mels(wave)
+    assert [m.shape for m in mels] == [(2 * 2**n, 32, 16) for n in range(3)]
+    with torch.no_grad():
+        levels = net(wave)
+    assert [tuple(lv.shape) for lv in levels] == [(2, 1, 32), (2, 2, 32), (2, 4, 32)]
+    spans = net.level_spans(cfg.window_samples)
+    assert spans[2] == [(0, 4000), (4000, 8000), (8000, 12000), (12000, 16000)]
+
+
+def test_mart_part_clip_is_the_same_audio_as_its_crop():
+    """Level-n clip i is exactly samples [i*L_n, (i+1)*L_n) of the window."""
+    cfg = tiny_mart_config()
+    net = build_model(cfg).eval()
+    wave = torch.randn(1, cfg.window_samples)
+    second_half = wave[:, 8000:]
+    hop = 8000 // cfg.mart.frames
+    expect = net.frontend(second_half, hop_length=hop)[..., : cfg.mart.frames]
+    torch.testing.assert_close(net.level_mels(wave)[1][1:2], expect)
+
+
+@pytest.mark.parametrize("use_pwt,share", [(False, True), (True, False)])
+def test_mart_ablation_and_unshared_variants(use_pwt, share):
+    base = tiny_mart_config()
+    cfg = dataclasses.replace(base, mart=dataclasses.replace(base.mart, use_pwt=use_pwt, share_levels=share))
+    net = build_model(cfg).eval()
+    wave = torch.randn(2, cfg.window_samples)
+    with torch.no_grad():
+        out = net(wave)
+        enc = net.encode_levels(wave)
+    if not use_pwt:
+        assert net.pwt is None
+        for a, b in zip(out, enc):
+            torch.testing.assert_close(a, b)
+    else:
+        assert len(net.pwt.layers[0]) == cfg.mart.levels - 1
+        assert not torch.allclose(out[0], enc[0])
+
+
+def test_pwt_mixes_information_across_levels():
+    """Changing only the last part clip changes the level-0 vector through the PWT."""
+    cfg = tiny_mart_config()
+    torch.manual_seed(0)
+    net = build_model(cfg).eval()
+    wave = torch.randn(1, cfg.window_samples)
+    other = wave.clone()
+    other[:, -4000:] = torch.randn(1, 4000)
+    with torch.no_grad():
+        a, b = net(wave), net(other)
+    assert not torch.allclose(a[0], b[0])
+    assert not torch.allclose(a[2][:, :3], b[2][:, :3])  # untouched parts see the changed whole
+
+
+def test_config_round_trip_and_unknown_keys(tmp_path):
+    cfg = tiny_mart_config()
+    cfg.save(tmp_path / "c.json")
+    assert ModelConfig.load(tmp_path / "c.json") == cfg
+    with pytest.raises(ValueError, match="unknown config keys"):
+        ModelConfig.from_dict({**cfg.to_dict(), "bogus": 1})
+    with pytest.raises(ValueError, match="newer"):
+        ModelConfig.from_dict({**cfg.to_dict(), "format_version": 99})
