@@ -221,32 +221,32 @@ class Model:
         next_out = 0
         ready: dict[int, Embedding | AudioError] = {}
         try:
-            while True:
+            done = False
+            while not done:
                 item = q.get()
                 if item is _END:
-                    break
-                idx, payload = item
-                track = tracks.setdefault(idx, _Track(_source_name(inputs[idx])))
-                if isinstance(payload, AudioError):
-                    ready[idx] = payload
-                    batch = [b for b in batch if b[0] != idx]
-                    tracks.pop(idx)
-                elif payload is None:
-                    track.finished = True
-                    batch += _cut_windows(idx, track, window, hop, final=True)
+                    done = True
                 else:
-                    track.pending = np.concatenate([track.pending, payload]) if track.pending.size else payload
-                    track.total += len(payload)
-                    batch += _cut_windows(idx, track, window, hop, final=False)
-                while len(batch) >= bs:
+                    idx, payload = item
+                    track = tracks.setdefault(idx, _Track(_source_name(inputs[idx])))
+                    if isinstance(payload, AudioError):
+                        ready[idx] = payload
+                        batch = [b for b in batch if b[0] != idx]
+                        tracks.pop(idx)
+                    elif payload is None:
+                        track.finished = True
+                        batch += _cut_windows(idx, track, window, hop, final=True)
+                    else:
+                        track.pending = np.concatenate([track.pending, payload]) if track.pending.size else payload
+                        track.total += len(payload)
+                        batch += _cut_windows(idx, track, window, hop, final=False)
+                # Full batches as they come (windows of several files share one); the rest at the end.
+                while len(batch) >= bs or (done and batch):
                     self._run(batch[:bs], tracks, hierarchical, window)
                     batch = batch[bs:]
-                if batch and _any_finished_waiting(tracks, batch):
-                    self._run(batch, tracks, hierarchical, window)
-                    batch = []
                 for i, t in list(tracks.items()):
                     if t.finished and t.done_windows == t.windows:
-                        ready[i] = self._finish(t, hierarchical, window, hop)
+                        ready[i] = self._finish(t, hierarchical, window)
                         tracks.pop(i)
                 while next_out in ready:
                     res = ready.pop(next_out)
@@ -288,9 +288,11 @@ class Model:
                     t.levels[n].append(lv[j])
             t.done_windows += 1
 
-    def _finish(self, t: _Track, hierarchical: bool, window: int, hop: int) -> Embedding:
+    def _finish(self, t: _Track, hierarchical: bool, window: int) -> Embedding | AudioError:
         sr = self.sample_rate
         vectors = np.stack(t.vectors).astype(np.float32)
+        if not np.isfinite(vectors).all():  # never hand out a NaN vector
+            return AudioError(t.source, "the model produced non-finite values for this input")
         starts = np.asarray(t.starts, dtype=np.int64)
         ends = np.minimum(starts + window, max(t.total, 1))
         levels = None
@@ -309,13 +311,6 @@ class Model:
                 ))
         return Embedding(source=t.source, clip=vectors.mean(axis=0).astype(np.float32), vectors=vectors,
                          starts=starts / sr, ends=ends / sr, duration=t.total / sr, levels=levels)
-
-
-def _any_finished_waiting(tracks: dict[int, _Track], batch: list[tuple[int, int, np.ndarray]]) -> bool:
-    """Run a partial batch only when nothing more can come: every track in it has ended
-    and the producer has nothing queued for them (the consumer cannot tell the latter, so
-    flush as soon as all tracks in the batch are finished)."""
-    return all(tracks[i].finished for i, _, _ in batch)
 
 
 def _cut_windows(idx: int, t: _Track, window: int, hop: int, final: bool) -> list[tuple[int, int, np.ndarray]]:
