@@ -47,7 +47,7 @@ class EncoderConfig:
     """
 
     arch: str = "fcn4"
-    channels: list[int] = field(default_factory=lambda: [64, 128, 128, 128])
+    channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
     pools: list[list[int]] = field(default_factory=lambda: [[2, 4], [2, 4], [2, 4], [4, 2]])
     input_bn: bool = True
 
@@ -157,7 +157,7 @@ def mart_config(**overrides: Any) -> ModelConfig:
         window_samples=131072,
         encoder=EncoderConfig(
             arch="fcn7",
-            channels=[64, 64, 128, 128, 128, 256, 512],
+            channels=[16, 32, 64, 128, 128, 256, 512],
             pools=[[2, 2], [2, 2], [2, 2], [2, 2], [2, 2], [2, 2], [2, 1]],
         ),
         mart=MartConfig(),

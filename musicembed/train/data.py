@@ -1,0 +1,248 @@
+"""Training data: audio file lists, a decode-once cache, random-crop datasets and loaders.
+
+Decoding MP3/OGG every epoch is too slow on a few CPU cores, so every track is decoded and
+resampled once (``musicembed.audio.load_audio``) into an int16 ``.npy`` file under a cache
+folder, keyed by the file's absolute path, mtime, size and the sample rate; crops are read
+from memory-mapped cache files. Crop positions come from a generator seeded by
+(seed, epoch, track index), so a batch does not depend on worker count or scheduling.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import random
+import signal
+import warnings
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from tqdm import tqdm
+
+from ..audio import find_audio_files, load_audio
+from ..errors import AudioError
+
+INT16_SCALE = 32767.0
+
+
+def default_cache_dir() -> Path:
+    """$MUSICEMBED_CACHE/train-audio, else $XDG_CACHE_HOME (or ~/.cache)/musicembed/train-audio."""
+    base = os.environ.get("MUSICEMBED_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "musicembed"
+    )
+    return Path(base) / "train-audio"
+
+
+def list_tracks(source: str | os.PathLike, split: str | None = None) -> list[Path]:
+    """Audio files of a folder (recursive), a text list (one path per line, '#' comments) or a CSV
+    manifest with a ``path`` column (and a ``split`` column when ``split`` is given). Relative
+    paths in lists are relative to the list file's folder."""
+    src = Path(source)
+    if src.is_dir():
+        files, problems = find_audio_files([src], recursive=True)
+        if problems:
+            raise ValueError("; ".join(f"{p}: {why}" for p, why in problems))
+        return files
+    if not src.is_file():
+        raise ValueError(f"{src}: no such folder or list file")
+    if src.suffix.lower() == ".csv":
+        with open(src, newline="") as f:
+            rows = list(csv.DictReader(f))
+        if rows and "path" not in rows[0]:
+            raise ValueError(f"{src}: CSV manifest needs a 'path' column")
+        if split is not None:
+            if rows and "split" not in rows[0]:
+                raise ValueError(f"{src}: --split given but the manifest has no 'split' column")
+            rows = [r for r in rows if r["split"] == split]
+        names = [r["path"] for r in rows]
+    else:
+        if split is not None:
+            raise ValueError("--split needs a CSV manifest with a 'split' column")
+        lines = (line.strip() for line in src.read_text().splitlines())
+        names = [line for line in lines if line and not line.startswith("#")]
+    files = [p if p.is_absolute() else src.parent / p for p in map(Path, names)]
+    if not files:
+        raise ValueError(f"{src}: lists no audio files" + (f" in split {split!r}" if split else ""))
+    return files
+
+
+def cache_key(path: Path, sample_rate: int) -> str:
+    """Hex key of a decoded track: absolute path, mtime (ns), size (bytes) and sample rate (Hz)."""
+    st = path.stat()
+    text = f"{path.resolve()}|{st.st_mtime_ns}|{st.st_size}|{sample_rate}"
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+def _decode_to_cache(path: Path, target: Path, sample_rate: int) -> str | None:
+    """Decode one file into ``target`` (int16 .npy, written atomically); the error text on failure."""
+    try:
+        audio = load_audio(path, sample_rate)
+    except AudioError as e:
+        return str(e)
+    pcm = np.clip(np.round(audio * INT16_SCALE), -32768, 32767).astype(np.int16)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, pcm)
+    os.replace(tmp, target)
+    return None
+
+
+def _report(results: Iterator[tuple[Path, str | None]], bar: tqdm) -> set[Path]:
+    """Warn about each failed decode; the failed cache targets."""
+    failed = set()
+    for target, error in results:
+        if error:
+            warnings.warn(f"skipping unreadable track: {error}", stacklevel=3)
+            failed.add(target)
+        bar.update()
+    return failed
+
+
+def build_cache(
+    files: list[Path], cache_dir: Path, sample_rate: int, workers: int = 1, progress: bool = True
+) -> list[Path]:
+    """Decode the files not cached yet (in ``workers`` processes); return the cache files of all
+    readable tracks, in input order. Unreadable files are skipped with a warning."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    targets: dict[Path, Path] = {}
+    for p in files:
+        try:
+            targets[p] = cache_dir / f"{cache_key(p, sample_rate)}.npy"
+        except OSError as e:
+            warnings.warn(f"skipping unreadable track: {p}: {e.strerror}", stacklevel=2)
+    todo = [(p, t) for p, t in targets.items() if not t.exists()]
+    failed: set[Path] = set()
+    if todo:
+        bar = tqdm(total=len(todo), desc="decoding audio into cache", unit="file", disable=not progress)
+        if workers > 1:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                jobs = [(t, pool.submit(_decode_to_cache, p, t, sample_rate)) for p, t in todo]
+                errors = ((t, job.result()) for t, job in jobs)
+                failed = _report(errors, bar)
+        else:
+            failed = _report(((t, _decode_to_cache(p, t, sample_rate)) for p, t in todo), bar)
+        bar.close()
+    return [t for t in targets.values() if t not in failed]
+
+
+def read_crop(track: np.ndarray, start: int, length: int) -> np.ndarray:
+    """float32 (length,) from int16 ``track`` at ``start``; zero-padded past the end."""
+    out = np.zeros(length, dtype=np.float32)
+    piece = track[start : start + length]
+    out[: len(piece)] = piece
+    out *= 1.0 / INT16_SCALE
+    return out
+
+
+class CropDataset(Dataset):
+    """Item i: ``views`` random crops (views, crop_samples) float32 of cached track i.
+
+    Crops are drawn independently and uniformly inside the track (tracks shorter than a crop
+    are zero-padded). Call :meth:`set_epoch` before each epoch for new positions.
+    """
+
+    def __init__(self, tracks: list[Path], crop_samples: int, views: int = 2, seed: int = 0) -> None:
+        if not tracks:
+            raise ValueError("no readable tracks to train on")
+        self.tracks = tracks
+        self.crop_samples = crop_samples
+        self.views = views
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.tracks)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        track = np.load(self.tracks[index], mmap_mode="r")
+        rng = np.random.default_rng((self.seed, self.epoch, index))
+        room = max(len(track) - self.crop_samples, 0)
+        starts = rng.integers(0, room + 1, size=self.views)
+        return torch.from_numpy(np.stack([read_crop(track, int(s), self.crop_samples) for s in starts]))
+
+
+class ResumableSampler(Sampler[int]):
+    """A :class:`DistributedSampler` (shuffled per epoch, this rank's share) that can start an
+    epoch after its first ``skip`` indices, so a resumed run sees the batches it had not seen."""
+
+    def __init__(self, size: int, rank: int, world: int, seed: int) -> None:
+        self.inner = DistributedSampler(range(size), num_replicas=world, rank=rank, shuffle=True, seed=seed,
+                                        drop_last=True)
+        self.skip = 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.inner.set_epoch(epoch)
+        self.skip = skip
+
+    def __iter__(self) -> Iterator[int]:
+        return islice(iter(self.inner), self.skip, None)
+
+    def __len__(self) -> int:
+        return len(self.inner) - self.skip
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader worker_init_fn: seed numpy/random from the worker's torch seed; leave SIGINT and
+    SIGTERM to the main process, which checkpoints and stops the workers itself."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+@dataclass
+class EpochLoader:
+    """Batches (B, views, crop_samples) of one rank, epoch by epoch, resumable inside an epoch."""
+
+    dataset: CropDataset
+    sampler: ResumableSampler
+    batch_size: int
+    workers: int
+    seed: int
+    pin_memory: bool = False
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.sampler.inner) // self.batch_size
+
+    def epoch(self, epoch: int, skip_batches: int = 0) -> DataLoader:
+        """The loader of ``epoch`` without its first ``skip_batches`` batches."""
+        self.dataset.set_epoch(epoch)
+        self.sampler.set_epoch(epoch, skip_batches * self.batch_size)
+        return DataLoader(
+            self.dataset,
+            batch_size=self.batch_size,
+            sampler=self.sampler,
+            num_workers=self.workers,
+            worker_init_fn=seed_worker,
+            generator=torch.Generator().manual_seed(self.seed * 100003 + epoch),
+            drop_last=True,
+            pin_memory=self.pin_memory,
+        )
+
+
+def make_loader(
+    tracks: list[Path], crop_samples: int, views: int, batch_size: int, workers: int, seed: int,
+    rank: int = 0, world: int = 1, pin_memory: bool = False,
+) -> EpochLoader:
+    """An :class:`EpochLoader` over cached tracks; raises if one rank's share is under one batch."""
+    dataset = CropDataset(tracks, crop_samples, views, seed)
+    loader = EpochLoader(dataset, ResumableSampler(len(dataset), rank, world, seed), batch_size, workers, seed,
+                         pin_memory)
+    if loader.steps_per_epoch == 0:
+        raise ValueError(
+            f"{len(tracks)} tracks over {world} process(es) give less than one batch of {batch_size}; "
+            "lower --batch-size or add tracks"
+        )
+    return loader

@@ -1,0 +1,127 @@
+"""A training run's configuration (saved as ``RUN_DIR/run.json``) and model-size presets.
+
+``--config`` values are applied in order: a preset name (``paper``, ``tiny``), a path to a
+JSON file or an inline JSON object. An object's keys are :class:`~musicembed.config.ModelConfig`
+fields (nested dicts merge into nested configs), plus optional ``objective`` and ``augment``
+sections for the loss and augmentation options.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ..config import ModelConfig, mart_config, pemr_config
+from .augment import AugmentConfig
+from .objectives import MARTObjectiveConfig, PEMRObjectiveConfig, objective_defaults
+
+RUN_FILE = "run.json"
+
+# CI / smoke-test sizes: a 16-d encoder, seconds per step on one CPU core.
+TINY: dict[str, dict[str, Any]] = {
+    "pemr": {
+        "window_samples": 8000,
+        "frontend": {"n_mels": 32, "n_fft": 256, "hop_length": 128},
+        "encoder": {"channels": [8, 8], "pools": [[4, 4], [4, 4]]},
+        "objective": {"layers": 2, "head_dim": 8, "ff_dim": 32, "projection_dim": 16},
+    },
+    "mart": {
+        "window_samples": 8192,
+        "frontend": {"n_mels": 32, "n_fft": 256, "hop_length": 128},
+        "encoder": {"arch": "fcn7", "channels": [8, 8, 16], "pools": [[2, 2], [2, 2], [8, 1]]},
+        "mart": {"levels": 3, "frames": 16, "pwt_layers": 1, "head_dim": 8, "ff_dim": 32},
+        "objective": {"head_hidden": 16, "projection_dim": 16},
+    },
+}
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a run. ``batch_size`` is per process (global = batch_size x
+    processes); ``steps`` caps the total optimizer steps, ``epochs`` too."""
+
+    method: str
+    data: str
+    out: str
+    model: dict[str, Any]
+    objective: dict[str, Any] = field(default_factory=dict)
+    augment: dict[str, Any] = field(default_factory=dict)
+    split: str | None = None
+    epochs: int = 300
+    steps: int | None = None
+    batch_size: int = 48
+    lr: float = 3e-4
+    weight_decay: float = 1e-6
+    workers: int = 2
+    seed: int = 0
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    device: str = "auto"
+    cache_dir: str | None = None
+    progress: bool = True
+
+    def model_config(self) -> ModelConfig:
+        return ModelConfig.from_dict(self.model)
+
+    def save(self, run_dir: Path) -> None:
+        (run_dir / RUN_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> TrainConfig:
+        path = Path(run_dir) / RUN_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: not a training run folder (no {RUN_FILE})")
+        raw = json.loads(path.read_text())
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in known})
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def _read_override(text: str, method: str) -> dict[str, Any]:
+    if text == "paper":
+        return {}
+    if text == "tiny":
+        return TINY[method]
+    path = Path(text)
+    if not text.lstrip().startswith("{") and path.is_file():
+        text = path.read_text()
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--config {text[:60]!r}: not a preset (paper, tiny), a JSON file or JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise ValueError("--config JSON must be an object")
+    return value
+
+
+def resolve(
+    method: str, overrides: list[str], crop_seconds: float | None = None
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(model config dict, objective options, augmentation options) from the paper defaults,
+    the ``--config`` overrides in order and ``--crop-seconds`` (sets the model window)."""
+    model = (pemr_config() if method == "pemr" else mart_config()).to_dict()
+    objective = objective_defaults(method)
+    augment = asdict(AugmentConfig())
+    for text in overrides:
+        over = dict(_read_override(text, method))
+        objective = _merge(objective, over.pop("objective", {}))
+        augment = _merge(augment, over.pop("augment", {}))
+        model = _merge(model, over)
+    if crop_seconds is not None:
+        model["window_samples"] = round(crop_seconds * model["frontend"]["sample_rate"])
+    cfg = ModelConfig.from_dict(model)  # validate everything before any work starts
+    if cfg.method != method:
+        raise ValueError(f"--config sets method {cfg.method!r} for a {method} run")
+    _ = cfg.embedding_dim  # raises when the pools reduce the mel axis to nothing
+    (PEMRObjectiveConfig if method == "pemr" else MARTObjectiveConfig)(**objective)
+    AugmentConfig.from_dict(augment)
+    return model, objective, augment

@@ -1,0 +1,83 @@
+"""File lists, the decode-once cache, deterministic crops and the resumable sampler."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from train_helpers import write_tracks
+
+from musicembed.train.data import CropDataset, ResumableSampler, build_cache, cache_key, list_tracks, make_loader
+
+
+def test_list_tracks_from_folder_list_and_manifest(audio_dir: Path, tmp_path: Path) -> None:
+    files = list_tracks(audio_dir)
+    assert len(files) == 8 and files == sorted(files)
+    listing = tmp_path / "files.txt"
+    listing.write_text(f"# two tracks\n{files[0]}\n\n{files[1]}\n")
+    assert list_tracks(listing) == files[:2]
+    manifest = tmp_path / "manifest.csv"
+    rows = [f"{os.path.relpath(p, tmp_path)},{'train' if i % 2 else 'test'}" for i, p in enumerate(files)]
+    manifest.write_text("path,split\n" + "\n".join(rows) + "\n")
+    assert [p.resolve() for p in list_tracks(manifest, "train")] == files[1::2]
+    with pytest.raises(ValueError, match="split"):
+        list_tracks(listing, "train")
+
+
+def test_cache_decodes_once_and_notices_changes(tmp_path: Path) -> None:
+    files = write_tracks(tmp_path / "audio", 2)
+    bad = tmp_path / "audio" / "broken.wav"
+    bad.write_bytes(b"not audio at all")
+    cache = tmp_path / "cache"
+    with pytest.warns(UserWarning, match="broken.wav"):
+        tracks = build_cache([*files, bad], cache, 16000, workers=1, progress=False)
+    assert len(tracks) == 2
+    pcm = np.load(tracks[0], mmap_mode="r")
+    assert pcm.dtype == np.int16 and abs(len(pcm) - 1.5 * 16000) < 2
+    stamp = tracks[0].stat().st_mtime_ns
+    assert build_cache(files, cache, 16000, progress=False) == tracks and tracks[0].stat().st_mtime_ns == stamp
+    parallel = build_cache(files, tmp_path / "cache2", 16000, workers=2, progress=False)
+    assert [np.array_equal(np.load(a), np.load(b)) for a, b in zip(tracks, parallel)] == [True, True]
+    os.utime(files[0], ns=(1, 1))
+    assert cache_key(files[0], 16000) != tracks[0].stem
+    assert cache_key(files[0], 22050) != cache_key(files[0], 16000)
+
+
+def test_crops_depend_only_on_seed_epoch_and_index(audio_dir: Path, cache_dir: Path) -> None:
+    tracks = build_cache(list_tracks(audio_dir), cache_dir, 16000, progress=False)
+    ds = CropDataset(tracks, 4000, views=2, seed=3)
+    first = ds[1]
+    assert first.shape == (2, 4000) and first.dtype == torch.float32
+    assert not torch.equal(first[0], first[1])
+    assert torch.equal(CropDataset(tracks, 4000, views=2, seed=3)[1], first)
+    ds.set_epoch(1)
+    assert not torch.equal(ds[1], first)
+    padded = CropDataset(tracks, 10**6, views=1)[0]
+    assert padded.shape == (1, 10**6) and padded[0, -1000:].abs().sum() == 0
+
+
+def test_loader_batches_are_the_same_with_workers(audio_dir: Path, cache_dir: Path) -> None:
+    tracks = build_cache(list_tracks(audio_dir), cache_dir, 16000, progress=False)
+    serial = make_loader(tracks, 2000, 2, batch_size=3, workers=0, seed=1)
+    parallel = make_loader(tracks, 2000, 2, batch_size=3, workers=2, seed=1)
+    assert serial.steps_per_epoch == 2  # 8 tracks, drop_last
+    for a, b in zip(serial.epoch(4), parallel.epoch(4)):
+        assert torch.equal(a, b)
+    full = list(serial.epoch(5))
+    tail = list(serial.epoch(5, skip_batches=1))
+    assert len(tail) == 1 and torch.equal(tail[0], full[1])
+
+
+def test_resumable_sampler_splits_ranks() -> None:
+    shares = []
+    for rank in range(2):
+        s = ResumableSampler(10, rank, 2, seed=0)
+        s.set_epoch(3)
+        shares.append(list(s))
+    assert len(shares[0]) == len(shares[1]) == 5 and not set(shares[0]) & set(shares[1])
+    s = ResumableSampler(10, 0, 2, seed=0)
+    s.set_epoch(3, skip=2)
+    assert list(s) == shares[0][2:] and len(s) == 3

@@ -1,0 +1,94 @@
+"""Training end to end on generated audio: CLI runs, exact resume, signals, export + load_model."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import musicembed
+from musicembed.train.cli import train_command
+from musicembed.train.loop import list_checkpoints, train
+from musicembed.train.runconfig import TrainConfig, resolve
+
+
+def losses(run_dir: Path) -> list[tuple[int, float]]:
+    with open(run_dir / "log.csv", newline="") as f:
+        return [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f)]
+
+
+def invoke(*args: str) -> str:
+    result = CliRunner().invoke(train_command, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.mark.parametrize(
+    ("method", "extra"),
+    [("pemr", []), ("pemr", ["--mask", "none"]), ("pemr", ["--mask", "pos", "--ratio", "0.3"]), ("mart", []),
+     ("mart", ["--no-pwt", "--no-hcl"])],
+)
+def test_train_export_load_embed(method: str, extra: list[str], audio_dir: Path, cache_dir: Path,
+                                 tmp_path: Path) -> None:
+    run, model_dir = tmp_path / "run", tmp_path / "model"
+    invoke(method, "--data", str(audio_dir), "--out", str(run), "--config", "tiny", "--steps", "3",
+           "--batch-size", "4", "--workers", "0", "--cache-dir", str(cache_dir), "--no-progress", *extra)
+    rows = losses(run)
+    assert [s for s, _ in rows] == [1, 2, 3] and all(np.isfinite(v) for _, v in rows)
+    invoke("export", str(run), "--out", str(model_dir))
+    model = musicembed.load_model(str(model_dir))
+    vec = model.embed(str(sorted(audio_dir.iterdir())[0]))
+    assert vec.shape == (16,) and np.isfinite(vec).all()
+
+
+@pytest.mark.parametrize("method", ["pemr", "mart"])
+def test_resume_continues_exactly(method: str, audio_dir: Path, cache_dir: Path, tmp_path: Path) -> None:
+    model, objective, augment = resolve(method, ["tiny"])
+
+    def config(out: Path, steps: int) -> TrainConfig:
+        return TrainConfig(method=method, data=str(audio_dir), out=str(out), model=model, objective=objective,
+                           augment=augment, steps=steps, batch_size=3, workers=0, checkpoint_every=100,
+                           cache_dir=str(cache_dir), progress=False)
+
+    train(config(tmp_path / "straight", 5))  # 2 steps per epoch: the split below is mid-epoch
+    train(config(tmp_path / "split", 3))
+    with pytest.raises(FileExistsError):
+        train(config(tmp_path / "split", 5))
+    train(config(tmp_path / "split", 5), resume=True)
+    assert losses(tmp_path / "split") == losses(tmp_path / "straight")
+    assert [p.name for p in list_checkpoints(tmp_path / "split")] == ["step-00000003", "step-00000005"]
+
+
+def test_sigterm_checkpoints_and_resumes(audio_dir: Path, cache_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+
+    def terminate_after_three_steps() -> None:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if (run / "log.csv").exists() and len(losses(run)) >= 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=terminate_after_three_steps, daemon=True)
+    watcher.start()
+    result = CliRunner().invoke(
+        train_command,
+        ["pemr", "--data", str(audio_dir), "--out", str(run), "--config", "tiny", "--steps", "100000",
+         "--batch-size", "4", "--workers", "1", "--cache-dir", str(cache_dir), "--no-progress",
+         "--checkpoint-every", "100000"],
+    )
+    watcher.join()
+    assert result.exit_code == 128 + signal.SIGTERM, result.output
+    (checkpoint,) = list_checkpoints(run)
+    step = int(checkpoint.name.split("-")[1])
+    assert step >= 3 and "--resume" in result.output
+    invoke("pemr", "--out", str(run), "--resume", "--steps", str(step + 2), "--workers", "0")
+    assert [s for s, _ in losses(run)] == list(range(1, step + 3))
