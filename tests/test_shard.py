@@ -1,0 +1,130 @@
+"""Sharded catalog runs: the stable split, `embed --shard K/N`, and `merge` with its checks."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from click.testing import CliRunner
+
+from conftest import SR, chord, tone
+from musicembed.cli import cli
+from musicembed.shard import ShardError, list_catalog, merge, parse_spec, shard_of
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def music(tmp_path_factory) -> Path:
+    """11 short files in nested folders, one of them not decodable."""
+    d = tmp_path_factory.mktemp("music")
+    for i in range(10):
+        sub = d / ("rock" if i % 3 == 0 else "jazz/old" if i % 3 == 1 else "")
+        sub.mkdir(parents=True, exist_ok=True)
+        x = tone(220 * 1.25 ** i, 0.6 + 0.1 * i) if i % 2 else chord(seconds=0.7 + 0.05 * i)
+        sf.write(sub / f"t{i:02d}.{'wav' if i % 2 else 'flac'}", x, SR)
+    (d / "jazz" / "broken.mp3").write_bytes(b"not audio at all" * 10)
+    return d
+
+
+def test_parse_spec():
+    assert (parse_spec("0/4").index, parse_spec(" 3 / 4 ").count) == (0, 4)
+    assert str(parse_spec("2/8")) == "2/8"
+    for bad, msg in [("4/4", "0-based"), ("1/0", "at least 1"), ("a/b", "K/N"), ("-1/3", "K/N"), ("2", "K/N")]:
+        with pytest.raises(ShardError, match=msg):
+            parse_spec(bad)
+
+
+def test_shard_of_is_stable_and_balanced():
+    # Pinned values: changing the hash would split existing catalogs differently.
+    assert [shard_of(k, 7) for k in ("a.mp3", "rock/b.flac", "jazz/old/c.wav")] == [
+        int.from_bytes(__import__("hashlib").sha1(k.encode()).digest()[:8], "big") % 7
+        for k in ("a.mp3", "rock/b.flac", "jazz/old/c.wav")]
+    assert shard_of("rock/b.flac", 1) == 0
+    keys = [f"artist{i // 10}/track{i}.mp3" for i in range(4000)]
+    counts = np.bincount([shard_of(k, 8) for k in keys], minlength=8)
+    assert counts.sum() == 4000 and counts.min() > 400 and counts.max() < 600
+
+
+def test_keys_do_not_depend_on_where_the_catalog_is_mounted(music, tmp_path):
+    other = tmp_path / "mnt" / "elsewhere"
+    shutil.copytree(music, other)
+    a = list_catalog([music], recursive=True)
+    b = list_catalog([str(other) + "/"], recursive=True)
+    assert a.keys == b.keys and a.digest == b.digest and "jazz/old/t01.wav" in a.keys
+    shards = [set(a.select(parse_spec(f"{k}/3")).rows) for k in range(3)]
+    assert set.union(*shards) == set(range(len(a.keys))) and sum(map(len, shards)) == len(a.keys)
+
+
+def test_sharded_embed_then_merge_equals_one_run(pemr_dir, music, tmp_path):
+    runner = CliRunner()
+    whole = tmp_path / "whole.npz"
+    r = runner.invoke(cli, ["embed", str(music), "-r", "-m", str(pemr_dir), "--out", str(whole), "--timestamps"])
+    assert r.exit_code == 1 and "broken.mp3" in r.output  # the bad file fails, the rest is written
+    parts = []
+    for k in range(3):
+        part = tmp_path / f"part-{k}.npz"
+        r = runner.invoke(cli, ["embed", str(music), "-r", "-m", str(pemr_dir), "--out", str(part), "--timestamps",
+                                "--shard", f"{k}/3"])
+        assert r.exit_code in (0, 1), r.output
+        parts.append(part)
+    sizes = [len(np.load(p)["paths"]) + len(np.load(p)["failed_keys"]) for p in parts]
+    assert sum(sizes) == 11 and all(sizes)
+    merged = tmp_path / "merged.npz"
+    r = runner.invoke(cli, ["merge", *map(str, parts[::-1]), "--out", str(merged)])
+    assert r.exit_code == 1, r.output  # the broken file is reported...
+    assert "jazz/broken.mp3" in r.output and "10 of 11 files" in r.output
+    a, b = np.load(whole), np.load(merged)  # ...and everything else matches an unsharded run
+    assert list(a["paths"]) == list(b["paths"]) and str(b["model"]) == "tiny-pemr"
+    np.testing.assert_allclose(a["embeddings"], b["embeddings"], rtol=1e-5, atol=1e-6)
+    for key in ("window_starts", "window_ends", "window_offsets", "durations"):
+        np.testing.assert_array_equal(a[key], b[key])
+    np.testing.assert_allclose(a["window_vectors"], b["window_vectors"], rtol=1e-5, atol=1e-6)
+    assert sorted(b.files) == sorted(a.files)
+
+    with pytest.raises(ShardError, match=r"1 of 3 shards missing: 1/3"):
+        merge([parts[0], parts[2]], tmp_path / "x.npz")
+    with pytest.raises(ShardError, match="given twice"):
+        merge([parts[0], parts[0], parts[1], parts[2]], tmp_path / "x.npz")
+    with pytest.raises(ShardError, match="not a shard output"):
+        merge([whole], tmp_path / "x.npz")
+    assert not (tmp_path / "x.npz").exists()
+
+
+def test_merge_refuses_parts_of_different_catalogs_or_options(pemr_dir, music, tmp_path):
+    runner = CliRunner()
+    small = tmp_path / "small"
+    shutil.copytree(music / "rock", small)
+
+    def run(src, k, n, *extra):
+        out = tmp_path / f"{src.name}-{k}-{n}-{len(extra)}.npz"
+        r = runner.invoke(cli, ["embed", str(src), "-r", "-m", str(pemr_dir), "--out", str(out), "--shard",
+                                f"{k}/{n}", *extra])
+        assert r.exit_code in (0, 1), r.output
+        return out
+
+    with pytest.raises(ShardError, match="different catalogs"):
+        merge([run(small, 0, 2), run(music, 1, 2)], tmp_path / "x.npz")
+    with pytest.raises(ShardError, match="same N"):
+        merge([run(small, 0, 2), run(small, 1, 3)], tmp_path / "x.npz")
+    with pytest.raises(ShardError, match="same options"):
+        merge([run(small, 0, 2), run(small, 1, 2, "--timestamps")], tmp_path / "x.npz")
+    ok = tmp_path / "small.npz"
+    r = runner.invoke(cli, ["merge", str(run(small, 0, 2)), str(run(small, 1, 2)), "--out", str(ok)])
+    assert r.exit_code == 0, r.output
+    assert len(np.load(ok)["paths"]) == 4
+    r = runner.invoke(cli, ["embed", str(small), "-r", "-m", str(pemr_dir), "--shard", "2/2"])
+    assert r.exit_code != 0 and "0-based" in r.output
+    r = runner.invoke(cli, ["embed", str(small), "-r", "-m", str(pemr_dir), "--shard", "0/2", "--out",
+                            str(tmp_path / "a.jsonl")])
+    assert r.exit_code != 0 and "--shard needs --out FILE.npz" in r.output
