@@ -1,0 +1,70 @@
+"""Bundle an exported model folder into the package as a weights_manifest.json entry.
+
+    python scripts/bundle_weights.py EXPORT_DIR NAME --description "..." --training-data "..." \
+        --license "..." --repo-id musicembed/NAME [--card docs/models/NAME.md]
+
+Copies config.json + model.safetensors to musicembed/weights/NAME/ and writes the entry:
+files with sha256 and size, method, embedding size, sample rate, window, the architecture
+config, the training-data summary, the licence, and the Hub repository the files would be
+published to (marked as not yet published; `musicembed publish NAME --repo-id ...`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from musicembed.config import ModelConfig
+from musicembed.hub import CONFIG_NAME, WEIGHTS_NAME, sha256_file
+
+PACKAGE = Path(__file__).resolve().parent.parent / "musicembed"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("export_dir", type=Path)
+    ap.add_argument("name")
+    ap.add_argument("--description", required=True)
+    ap.add_argument("--training-data", required=True)
+    ap.add_argument("--license", required=True)
+    ap.add_argument("--repo-id", required=True)
+    ap.add_argument("--card", help="model card path, relative to the repository")
+    args = ap.parse_args()
+
+    dest = PACKAGE / "weights" / args.name
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in (CONFIG_NAME, WEIGHTS_NAME):
+        shutil.copyfile(args.export_dir / f, dest / f)
+    raw = json.loads((dest / CONFIG_NAME).read_text())
+    raw.pop("files", None)
+    cfg = ModelConfig.from_dict(raw)
+    entry = {
+        "description": args.description,
+        "method": cfg.method,
+        "embedding_dim": cfg.embedding_dim,
+        "sample_rate": cfg.sample_rate,
+        "window_seconds": cfg.window_seconds,
+        "architecture": {"encoder": raw["encoder"], "mart": raw.get("mart"), "frontend": raw["frontend"]},
+        "training_data": args.training_data,
+        "license": args.license,
+        "model_card": args.card,
+        "bundled": f"weights/{args.name}",
+        "files": [
+            {"name": f, "path": f"weights/{args.name}/{f}", "sha256": sha256_file(dest / f),
+             "size": (dest / f).stat().st_size}
+            for f in (CONFIG_NAME, WEIGHTS_NAME)
+        ],
+        "hub": {"repo_id": args.repo_id, "revision": "main", "published": False,
+                "note": f"not yet published; publish with `musicembed publish {args.name} --repo-id {args.repo_id}`"},
+    }
+    manifest_path = PACKAGE / "weights_manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["models"][args.name] = entry
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    print(f"bundled {args.name}: {dest} ({sum(f['size'] for f in entry['files']) / 1e6:.1f} MB)")
+
+
+if __name__ == "__main__":
+    main()
