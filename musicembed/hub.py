@@ -27,6 +27,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .errors import WeightsError
+from .fileio import atomic_write
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -134,7 +135,11 @@ def _verify(path: Path, expected: str | None, source: str) -> None:
 def _read_config(path: Path, source: str) -> tuple[ModelConfig, dict[str, Any]]:
     try:
         raw = json.loads(path.read_text())
+        if not isinstance(raw, dict):
+            raise ValueError("not a JSON object")
         files = raw.pop("files", {})
+        if not isinstance(files, dict) or not all(isinstance(v, dict) for v in files.values()):
+            raise ValueError('"files" must map each file name to {"sha256": ...}')
         return ModelConfig.from_dict(raw), files
     except FileNotFoundError:
         raise WeightsError(f"{source}: {CONFIG_NAME} not found in {path.parent}") from None
@@ -143,11 +148,12 @@ def _read_config(path: Path, source: str) -> tuple[ModelConfig, dict[str, Any]]:
 
 
 def _resolve_dir(folder: Path, source: str, expected: dict[str, str] | None = None) -> Resolved:
+    if expected and CONFIG_NAME in expected and (folder / CONFIG_NAME).is_file():
+        _verify(folder / CONFIG_NAME, expected[CONFIG_NAME], source)  # before it is parsed
     config, files = _read_config(folder / CONFIG_NAME, source)
-    if expected and CONFIG_NAME in expected:
-        _verify(folder / CONFIG_NAME, expected[CONFIG_NAME], source)
     weights_name = _safe_relpath(next(iter(files), WEIGHTS_NAME), source)
-    sha = (expected or {}).get(weights_name) or files.get(weights_name, {}).get("sha256")
+    # With a manifest, its checksum is the one that counts: config.json cannot vouch for other weights.
+    sha = expected.get(weights_name) if expected else files.get(weights_name, {}).get("sha256")
     weights = folder / weights_name
     _verify(weights, sha, source)
     return Resolved(config=config, weights=weights, source=source)
@@ -172,12 +178,12 @@ def _hub_download(repo_id: str, filename: str, revision: str | None, source: str
 def _resolve_hub(repo_id: str, revision: str | None, source: str, expected: dict[str, str] | None = None,
                  force: bool = False) -> Resolved:
     cfg_path = _hub_download(repo_id, CONFIG_NAME, revision, source, force)
-    config, files = _read_config(cfg_path, source)
     if expected and CONFIG_NAME in expected:
-        _verify(cfg_path, expected[CONFIG_NAME], source)
+        _verify(cfg_path, expected[CONFIG_NAME], source)  # before it is parsed
+    config, files = _read_config(cfg_path, source)
     weights_name = _safe_relpath(next(iter(files), WEIGHTS_NAME), source)
     weights = _hub_download(repo_id, weights_name, revision, source, force)
-    sha = (expected or {}).get(weights_name) or files.get(weights_name, {}).get("sha256")
+    sha = expected.get(weights_name) if expected else files.get(weights_name, {}).get("sha256")
     _verify(weights, sha, source)
     return Resolved(config=config, weights=weights, source=source)
 
@@ -213,25 +219,20 @@ def resolve(ref: str | os.PathLike, force_download: bool = False) -> Resolved:
 
 
 def load_state_dict(resolved: Resolved) -> dict[str, torch.Tensor]:
+    redo = "re-export it with save_pretrained() or download it again, and record its new sha256"
     try:
-        return load_file(str(resolved.weights))
+        state = load_file(str(resolved.weights))
     except Exception as e:  # a file that passed its checksum but is not valid safetensors
-        raise WeightsError(f"{resolved.source}: {resolved.weights} is not a valid safetensors file: {e}") from None
+        raise WeightsError(f"{resolved.source}: {resolved.weights} is not a valid safetensors file ({e}); "
+                           f"{redo}") from None
+    bad = [k for k, t in state.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:  # every embedding would be NaN, and each input would be blamed for it
+        raise WeightsError(f"{resolved.source}: {resolved.weights} holds NaN or infinite values in "
+                           f"{', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}; {redo}")
+    return state
 
 
 # ----------------------------------------------------------------------------- saving
-
-
-def _atomic_write_bytes(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_pretrained(model: nn.Module, directory: str | os.PathLike, config: ModelConfig | None = None) -> Path:
@@ -244,11 +245,11 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, config: Mode
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
              for k, v in model.state_dict().items()}
-    _atomic_write_bytes(out / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    atomic_write(out / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
     weights = out / WEIGHTS_NAME
     doc = cfg.to_dict()
     doc["files"] = {WEIGHTS_NAME: {"sha256": sha256_file(weights), "size": weights.stat().st_size}}
-    _atomic_write_bytes(out / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=2) + "\n"))
+    atomic_write(out / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=2) + "\n"))
     return out
 
 

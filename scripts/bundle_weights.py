@@ -16,6 +16,8 @@ import json
 import shutil
 from pathlib import Path
 
+from safetensors.torch import load_file, save_file
+
 from musicembed.config import ModelConfig
 from musicembed.hub import CONFIG_NAME, WEIGHTS_NAME, sha256_file
 
@@ -31,6 +33,8 @@ def main() -> None:
     ap.add_argument("--license", required=True)
     ap.add_argument("--repo-id", required=True)
     ap.add_argument("--card", help="model card path, relative to the repository")
+    ap.add_argument("--half", action="store_true",
+                    help="store float tensors as float16 (half the size; loaded back into float32)")
     args = ap.parse_args()
 
     dest = PACKAGE / "weights" / args.name
@@ -38,6 +42,12 @@ def main() -> None:
     for f in (CONFIG_NAME, WEIGHTS_NAME):
         shutil.copyfile(args.export_dir / f, dest / f)
     raw = json.loads((dest / CONFIG_NAME).read_text())
+    if args.half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in load_file(dest / WEIGHTS_NAME).items()}
+        save_file(state, dest / WEIGHTS_NAME, metadata={"format": "pt"})
+        raw["files"] = {WEIGHTS_NAME: {"sha256": sha256_file(dest / WEIGHTS_NAME),
+                                       "size": (dest / WEIGHTS_NAME).stat().st_size}}
+        (dest / CONFIG_NAME).write_text(json.dumps(raw, indent=2) + "\n")
     raw.pop("files", None)
     cfg = ModelConfig.from_dict(raw)
     entry = {
