@@ -11,7 +11,11 @@ not change the output) and is 2-3x faster on CPU (see docs/paper-notes.md, "Audi
 
 from __future__ import annotations
 
+import errno
+import math
+import numbers
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +33,15 @@ AudioInput = Union[PathLike, np.ndarray, torch.Tensor]
 
 BLOCK_SECONDS = 30.0
 MAX_CHANNELS = 64  # a 2-D array whose shorter axis is longer than this is not audio
+MIN_SAMPLE_RATE = 1000  # Hz; below it a few samples would stand for hours of audio to resample and embed
+_MAX_BLOCK_SAMPLES = 1 << 23  # frames x channels decoded at once (32 MB), whatever the header claims
 AUDIO_EXTENSIONS = frozenset(
     {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au", ".w64", ".caf"}
+)
+# Audio that libsndfile cannot decode: reported when found in a folder, rather than skipped unseen.
+UNSUPPORTED_AUDIO_EXTENSIONS = frozenset(
+    {".m4a", ".m4b", ".aac", ".mp4", ".wma", ".ape", ".wv", ".mka", ".webm", ".ac3", ".amr", ".dsf", ".dff",
+     ".mpc", ".tta", ".ra"}
 )
 
 
@@ -49,19 +60,37 @@ class AudioInfo:
 
 def _open(path: PathLike) -> sf.SoundFile:
     name = os.fspath(path)
-    if os.path.isdir(name):
+    try:
+        st = os.stat(name)
+    except FileNotFoundError:
+        if os.path.islink(name):
+            raise AudioError(name, f"broken symbolic link (its target {os.readlink(name)!r} does not exist)") from None
+        raise AudioError(name, "no such file") from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise AudioError(name, "symbolic link loop (too many levels of symbolic links)") from None
+        if e.errno == errno.EACCES:
+            raise AudioError(name, "permission denied (a folder on its path cannot be entered)") from None
+        raise AudioError(name, f"cannot access: {e.strerror or e}") from None
+    if stat.S_ISDIR(st.st_mode):
         raise AudioError(name, "is a directory, not an audio file (use -r/--recursive to embed a folder)")
-    if not os.path.exists(name):
-        raise AudioError(name, "no such file")
+    if not stat.S_ISREG(st.st_mode):  # a FIFO would block the decoder forever, a device never ends
+        raise AudioError(name, "not a regular file (a pipe, socket or device); only audio files can be embedded")
     if not os.access(name, os.R_OK):
         raise AudioError(name, "permission denied")
-    if os.path.getsize(name) == 0:
+    if st.st_size == 0:
         raise AudioError(name, "file is empty (0 bytes)")
     try:
-        return sf.SoundFile(name)
+        # bytes: file names that are not valid UTF-8 (surrogate-escaped by Python) open too
+        return sf.SoundFile(os.fsencode(name))
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
         reason = str(e).split(": ", 1)[-1] if ": " in str(e) else str(e)
-        raise AudioError(name, f"cannot decode: {reason.strip() or type(e).__name__}") from None
+        reason = reason.strip() or type(e).__name__
+        if "Permission denied" in reason:
+            raise AudioError(name, "permission denied") from None
+        if "does not exist or is not a regular file" in reason:  # libsndfile's words when its MP3 decoder gives up
+            reason = "not a valid audio file (no decodable audio data found)"
+        raise AudioError(name, f"cannot decode: {reason}") from None
 
 
 def info(path: PathLike) -> AudioInfo:
@@ -120,13 +149,17 @@ def _array_to_mono(x: np.ndarray | torch.Tensor, name: str) -> np.ndarray:
             raise AudioError(name, f"array of shape {x.T.shape} does not look like audio (too many channels)")
     elif x.ndim != 1:
         raise AudioError(name, f"expected a 1-D or 2-D array (samples[, channels]), got {x.ndim}-D {x.shape}")
-    x = _to_float(x)
+    with np.errstate(over="ignore", invalid="ignore"):  # float64 beyond float32's range: caught just below
+        x = _to_float(x)
     if x.size == 0:
         raise AudioError(name, "no audio samples (length 0)")
     if not np.isfinite(x).all():
         raise AudioError(name, "contains NaN or infinite samples")
     if x.ndim == 2:
-        x = _downmix(np.ascontiguousarray(x), np.empty(x.shape[0], np.float32)).copy()
+        with np.errstate(over="ignore", invalid="ignore"):
+            x = _downmix(np.ascontiguousarray(x), np.empty(x.shape[0], np.float32)).copy()
+        if not np.isfinite(x).all():
+            raise AudioError(name, "samples too large to mix down (beyond the float32 range)")
     return np.ascontiguousarray(x)
 
 
@@ -156,7 +189,10 @@ def _blocks_from_file(path: PathLike, sample_rate: int, block_seconds: float) ->
     with _open(path) as f:
         if f.frames == 0:
             raise AudioError(name, "no audio samples (length 0)")
-        block = max(1, int(block_seconds * f.samplerate))
+        if f.samplerate < MIN_SAMPLE_RATE or f.channels < 1:
+            raise AudioError(name, f"header claims {f.samplerate} Hz and {f.channels} channel(s): not playable audio "
+                                   f"(needs at least {MIN_SAMPLE_RATE} Hz and one channel)")
+        block = max(1, min(int(block_seconds * f.samplerate), _MAX_BLOCK_SAMPLES // f.channels))
         buf = np.empty((block, f.channels), dtype=np.float32)
         mono_buf = np.empty(block, dtype=np.float32)
         rs = _Resampler(f.samplerate, sample_rate)
@@ -169,7 +205,8 @@ def _blocks_from_file(path: PathLike, sample_rate: int, block_seconds: float) ->
             n = len(got)
             total += n
             last = n < block
-            mono = _downmix(got, mono_buf) if n else mono_buf[:0]
+            with np.errstate(over="ignore", invalid="ignore"):  # absurd levels overflow: caught just below
+                mono = _downmix(got, mono_buf) if n else mono_buf[:0]
             if not np.isfinite(mono).all():
                 raise AudioError(name, "decoded samples contain NaN or infinite values")
             out = rs(mono, last=last)
@@ -197,8 +234,10 @@ def stream_audio(
     if isinstance(source, (np.ndarray, torch.Tensor)):
         if source_rate is None:
             raise AudioError("<array>", "arrays and tensors need sample_rate= (their rate in Hz)")
-        if source_rate <= 0:
-            raise AudioError("<array>", f"sample_rate must be positive, got {source_rate}")
+        if isinstance(source_rate, bool) or not isinstance(source_rate, numbers.Real):
+            raise AudioError("<array>", f"sample_rate must be a number in Hz, got {source_rate!r}")
+        if not source_rate >= MIN_SAMPLE_RATE or not math.isfinite(source_rate):  # NaN fails both
+            raise AudioError("<array>", f"sample_rate must be at least {MIN_SAMPLE_RATE} Hz, got {source_rate}")
         x = _array_to_mono(source, "<array>")
         yield from _blocks_from_array(x, int(source_rate), sample_rate, max(1, int(block_seconds * source_rate)))
         return
@@ -216,11 +255,14 @@ def load_audio(source: AudioInput, sample_rate: int, *, source_rate: int | None 
     return np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
 
 
-def find_audio_files(paths: list[PathLike], recursive: bool = False) -> tuple[list[Path], list[tuple[str, str]]]:
+def find_audio_files(paths: list[PathLike], recursive: bool = False, *,
+                     report_unsupported: bool = False) -> tuple[list[Path], list[tuple[str, str]]]:
     """Expand files and folders into audio files (sorted per folder, duplicates dropped).
 
     Returns (files, problems): a problem is (path, reason) for an input that is missing or
-    a folder given without ``recursive`` or holding no audio. Symlink loops are not followed.
+    a folder given without ``recursive`` or holding no audio, for a folder that cannot be
+    listed, and (with ``report_unsupported``) for each file found in a folder whose audio
+    format libsndfile cannot read (.m4a, .wma, ...). Symlink loops are not followed.
     """
     files: list[Path] = []
     problems: list[tuple[str, str]] = []
@@ -240,7 +282,11 @@ def find_audio_files(paths: list[PathLike], recursive: bool = False) -> tuple[li
                 continue
             found = []
             visited: set[str] = set()
-            for root, dirs, names in os.walk(p, followlinks=True):
+
+            def unlistable(e: OSError) -> None:  # os.walk would skip an unreadable folder without a word
+                problems.append((str(e.filename), f"cannot list this folder: {e.strerror or e}"))
+
+            for root, dirs, names in os.walk(p, followlinks=True, onerror=unlistable):
                 real = os.path.realpath(root)
                 if real in visited:  # symlink loop or a folder reached twice
                     dirs[:] = []
@@ -248,6 +294,10 @@ def find_audio_files(paths: list[PathLike], recursive: bool = False) -> tuple[li
                 visited.add(real)
                 dirs.sort()
                 found += [Path(root) / n for n in sorted(names) if Path(n).suffix.lower() in AUDIO_EXTENSIONS]
+                problems += [(str(Path(root) / n), f"{Path(n).suffix.lower()} files are not supported (libsndfile "
+                              "cannot decode them); convert to FLAC or WAV, e.g. `ffmpeg -i IN OUT.flac`")
+                             for n in sorted(names) if report_unsupported
+                             and Path(n).suffix.lower() in UNSUPPORTED_AUDIO_EXTENSIONS]
             if not found:
                 problems.append((str(p), "folder contains no audio files (" + ", ".join(sorted(AUDIO_EXTENSIONS)) + ")"))
             for f in found:

@@ -65,7 +65,7 @@ def _fail(msg: str) -> None:
 
 
 @cli.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path, readable=False))
 @click.option("-r", "--recursive", is_flag=True, help="Descend into folders and embed every audio file found.")
 @click.option("-m", "--model", "model_name", default="pemr", show_default=True,
               help="Manifest name, local model folder, or hf-hub:<owner>/<repo>[@revision].")
@@ -79,13 +79,23 @@ def _fail(msg: str) -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), help="Windows per forward pass.")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON lines (when not writing --out).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
+@click.option("--shard", "shard_spec", metavar="K/N",
+              help="Embed only shard K of N (K = 0..N-1; a stable hash of each file's path relative to the "
+                   "folder given decides). Write each part to a .npz and combine them with `musicembed merge`.")
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted run with the same --out: files it finished (kept in OUT.partial "
+                   "while a run is under way) are not embedded again.")
 def embed(paths: tuple[Path, ...], recursive: bool, model_name: str, out: Path | None, timestamps: bool,
           hierarchical: bool, window_seconds: float | None, hop_seconds: float | None, device: str | None,
-          batch_size: int | None, as_json: bool, progress: bool | None) -> None:
+          batch_size: int | None, as_json: bool, progress: bool | None, shard_spec: str | None,
+          resume: bool) -> None:
     """Embed audio files (WAV, FLAC, OGG, MP3, ...) and folders.
 
     Files that fail are reported on stderr with the reason; every other file is still
     embedded and written, and the exit code is 1.
+
+    With --out, each finished file is also recorded in OUT.partial as the run goes. An
+    interrupted run leaves OUT as it was; run the same command with --resume to continue.
 
     \b
     Examples:
@@ -93,6 +103,7 @@ def embed(paths: tuple[Path, ...], recursive: bool, model_name: str, out: Path |
       musicembed embed song.mp3 --json --timestamps
       musicembed embed a.mp3 b.flac --out two.npz
       musicembed embed music/ -r --out catalog.npz --model mart --hierarchical
+      musicembed embed music/ -r --out catalog.npz --resume
     """
     from .audio import find_audio_files
     from .embedder import load_model
@@ -100,24 +111,66 @@ def embed(paths: tuple[Path, ...], recursive: bool, model_name: str, out: Path |
 
     if out is not None and out.suffix.lower() not in FORMATS:
         _fail(f"--out must end in one of {', '.join(FORMATS)} (got {out.name!r})")
-    files, problems = find_audio_files(list(paths), recursive=recursive)
+    if resume and out is None:
+        _fail("--resume needs --out FILE: it continues the interrupted run that was writing FILE")
+    files, problems = find_audio_files(list(paths), recursive=recursive, report_unsupported=True)
+    selection = None
+    if shard_spec is not None:  # the sharding logic lives in musicembed/shard.py
+        from .shard import ShardError, catalog_of, parse_spec
+
+        if out is not None and out.suffix.lower() != ".npz":
+            _fail("--shard needs --out FILE.npz (or no --out): merge reads the shard metadata stored there")
+        try:
+            selection = catalog_of(files, paths, problems).select(parse_spec(shard_spec))
+        except ShardError as e:
+            _fail(str(e))
+        files = selection.files
     try:
         model = load_model(model_name, device=device)
     except MusicEmbedError as e:
         _fail(str(e))
     if hierarchical and model.config.method != "mart":
         _fail(f"--hierarchical needs a MART model (--model mart); {model_name!r} is {model.config.method}")
-    results = []
+    store, keys, finished = None, [None] * len(files), {}
+    if out is not None:  # finished files go to OUT.partial one by one, so an interrupted run can --resume
+        from dataclasses import replace
+
+        from .catalog import PartialStore, StoreError, file_key, run_settings
+
+        try:
+            store, done, note = PartialStore.open(out, run_settings(
+                model, window_seconds=window_seconds, hop_seconds=hop_seconds, timestamps=timestamps,
+                hierarchical=hierarchical), resume)
+        except StoreError as e:
+            _fail(str(e))
+        click.get_current_context().call_on_close(store.close)
+        if note:
+            click.echo(note, err=True)
+        keys = [file_key(f) for f in files]
+        finished = {i: replace(done[k], source=str(files[i])) for i, k in enumerate(keys) if k in done}
+        if resume:
+            click.echo(f"resuming: {len(finished)} of {len(files)} file(s) already embedded; "
+                       f"embedding the other {len(files) - len(finished)}", err=True)
+    todo = [i for i in range(len(files)) if i not in finished]
     failures: list[tuple[str, str]] = list(problems)
     try:
-        for i, res in model.iter_embed(files, hierarchical=hierarchical, window_seconds=window_seconds,
-                                       hop_seconds=hop_seconds, batch_size=batch_size,
-                                       progress=progress):
+        for j, res in model.iter_embed([files[i] for i in todo], hierarchical=hierarchical,
+                                       window_seconds=window_seconds, hop_seconds=hop_seconds,
+                                       batch_size=batch_size, progress=progress):
+            i = todo[j]
             if isinstance(res, MusicEmbedError):
                 failures.append((str(files[i]), getattr(res, "reason", str(res))))
                 click.echo(f"error: {res}", err=True)
                 continue
-            results.append(res)
+            if out is not None and not timestamps:  # keep only what the output holds: memory stays small
+                res = replace(res, vectors=res.vectors[:0], starts=res.starts[:0], ends=res.ends[:0])
+            finished[i] = res
+            if store is not None and keys[i] is not None:
+                try:
+                    store.append(keys[i], res)
+                except OSError as e:
+                    _fail(f"{store.path}: cannot record results ({e.strerror or e}); what was recorded before "
+                          "is kept: free space or fix permissions, then rerun with --resume")
             if out is None:
                 if as_json:
                     click.echo(json.dumps(to_json(res, timestamps, hierarchical)))
@@ -125,8 +178,16 @@ def embed(paths: tuple[Path, ...], recursive: bool, model_name: str, out: Path |
                     _print_result(res, timestamps, hierarchical)
     except ValueError as e:
         _fail(str(e))
+    results = [finished[i] for i in sorted(finished)]
     if out is not None:
-        write_results(out, results, model.embedding_dim, model.name, windows=timestamps, levels=hierarchical)
+        extra = selection.arrays([r.source for r in results], failures) if selection is not None else None
+        try:
+            write_results(out, results, model.embedding_dim, model.name, windows=timestamps, levels=hierarchical,
+                          extra=extra)
+        except OSError as e:
+            _fail(f"cannot write {out} ({e.strerror or e}); the {len(results)} results are kept in {store.path}: "
+                  "fix this, then rerun the same command with --resume")
+        store.remove()
         click.echo(f"wrote {len(results)} embeddings ({model.embedding_dim}-d, model {model.name}) to {out}", err=True)
     if failures:
         click.echo(f"\n{len(failures)} input(s) failed:", err=True)
@@ -188,7 +249,7 @@ def download(name: str, force: bool) -> None:
 
 
 @cli.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path, readable=False))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
 def info(paths: tuple[Path, ...], as_json: bool) -> None:
     """Show duration, sample rate, channels and format of audio files."""
@@ -256,6 +317,56 @@ def publish(name: str, repo_id: str, private: bool, token: str | None) -> None:
     except Exception as e:  # network / auth errors from huggingface_hub
         _fail(f"upload to {repo_id} failed: {e}")
     click.echo(f"published {name} to {repo_id}: {url}")
+
+
+@cli.command("export")
+@click.argument("name")
+@click.option("-f", "--format", "fmt", type=click.Choice(["onnx", "torchscript"]), default="onnx", show_default=True,
+              help="onnx (needs: pip install \"musicembed[onnx]\") or torchscript (no extra).")
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="File to write (e.g. pemr.onnx, pemr.pt); written atomically.")
+@click.option("--levels", type=click.Choice(["0", "all"]), default="0", show_default=True,
+              help="MART: 0 = the clip vector only; all = also every level's part vectors (outputs level1...).")
+@click.option("--tolerance", default=1e-4, show_default=True, type=click.FloatRange(min=0),
+              help="Largest allowed difference from PyTorch on the verification audio, absolute "
+                   "(relative where outputs exceed 1).")
+@click.option("--no-verify", is_flag=True, help="Skip running the exported file against PyTorch.")
+def export_command(name: str, fmt: str, out: Path, levels: str, tolerance: float, no_verify: bool) -> None:
+    """Export a model (frontend + encoder) to ONNX or TorchScript.
+
+    NAME is a manifest name, a model folder or hf-hub:<owner>/<repo>[@revision]. The graph
+    maps mono float32 audio at the model's sample rate to embeddings: input `wave`
+    (batch, samples), output `embedding` (batch, D). PEMR: batch and length are dynamic; an
+    input of the model's window_samples gives exactly the per-window vector of `musicembed
+    embed`. MART: batch is dynamic, the length is the model's window; with --levels all,
+    outputs level1 ... (batch, M^n, D) follow. The model's name, rate, window and config are
+    stored in the file (ONNX metadata_props; TorchScript extra file musicembed.json). The
+    file is then run on test audio and compared with PyTorch (ONNX: when onnxruntime is
+    installed); a difference above --tolerance fails the command.
+
+    \b
+    Examples:
+      musicembed export pemr --format onnx --out pemr.onnx
+      musicembed export mart --format onnx --levels all --out mart-levels.onnx
+      musicembed export runs/my-model --format torchscript --out my-model.pt
+    """
+    from .export import export
+
+    try:
+        res = export(name, out, fmt, levels=levels, verify=not no_verify, tolerance=tolerance)
+    except (MusicEmbedError, RuntimeError, ValueError) as e:  # bad model, missing extra, failed check
+        _fail(str(e))
+    check = ("not verified" if no_verify else
+             "not verified: onnxruntime is not installed" if res.max_abs_diff is None else
+             f"max abs diff vs PyTorch {res.max_abs_diff:.2g}")
+    click.echo(f"wrote {res.path} ({fmt}; inputs {', '.join(res.inputs)}, outputs {', '.join(res.outputs)}; "
+               f"dynamic {res.dynamic}; {check})")
+
+
+# Catalog commands (index, search, explain, map, merge): musicembed/cli_catalog.py, imports kept lazy.
+from .cli_catalog import register as _register_catalog  # noqa: E402
+
+_register_catalog(cli)
 
 
 def main() -> None:

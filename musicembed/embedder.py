@@ -27,6 +27,7 @@ from .models import build_model
 DEFAULT_CPU_BATCH = 4  # small batches are fastest for these convnets on CPU
 DEFAULT_GPU_BATCH = 64
 _QUEUE_BLOCKS = 4
+MAX_WINDOW_SECONDS = 3600.0  # a longer window would zero-pad every shorter file to its length
 
 
 @dataclass
@@ -204,12 +205,17 @@ class Model:
     ) -> Iterator[tuple[int, Embedding | AudioError]]:
         """Yield (index, Embedding or AudioError) for each input, in input order, as each finishes."""
         sr = self.sample_rate
+        for what, v in (("window_seconds", window_seconds), ("hop_seconds", hop_seconds)):
+            if v is not None and not 0 < v <= MAX_WINDOW_SECONDS:  # NaN fails too
+                raise ValueError(f"{what} must be between 0 and {MAX_WINDOW_SECONDS:g} s, got {v}")
         window = int(round((window_seconds or self.config.window_seconds) * sr))
         hop = int(round(hop_seconds * sr)) if hop_seconds else window
         if window < 1 or hop < 1:
             raise ValueError("window_seconds and hop_seconds must be positive")
         if self.config.method == "mart" and window // self.config.mart.parts ** (self.config.mart.levels - 1) < self.config.mart.frames:
             raise ValueError(f"window of {window / sr:g} s is too short for this MART model's hierarchy")
+        if window != self.config.window_samples:
+            self._check_window(window)
         bs = batch_size or (DEFAULT_GPU_BATCH if self.device.type == "cuda" else DEFAULT_CPU_BATCH)
         q: queue.Queue = queue.Queue(maxsize=_QUEUE_BLOCKS)
         stop = threading.Event()
@@ -263,6 +269,16 @@ class Model:
                     producer.join(0.05)
             if bar is not None:
                 bar.close()
+
+    @torch.inference_mode()
+    def _check_window(self, window: int) -> None:
+        """A window other than the trained one must still fit the frontend and encoder: one dry run."""
+        try:
+            with self._lock:
+                self.net(torch.zeros(1, window, device=self.device))
+        except RuntimeError as e:
+            raise ValueError(f"a window of {window / self.sample_rate:g} s does not fit this model: "
+                             f"{str(e).splitlines()[0][:200]}") from None
 
     @torch.inference_mode()
     def _run(self, batch: list[tuple[int, int, np.ndarray]], tracks: dict[int, _Track], hierarchical: bool,
@@ -389,7 +405,12 @@ def load_model(name: str | os.PathLike = "pemr", device: str | torch.device | No
     defaults to CUDA when available, else CPU.
     """
     resolved = hub.resolve(name, force_download=force_download)
-    net = build_model(resolved.config)
+    try:
+        net = build_model(resolved.config)
+        resolved.config.embedding_dim  # raises for an encoder that pools the mel axis away
+    except (TypeError, ValueError, RuntimeError, AttributeError, IndexError, KeyError) as e:  # odd config values
+        raise hub.WeightsError(f"{resolved.source}: config.json describes no model that can be built "
+                               f"({type(e).__name__}: {e})") from None
     state = hub.load_state_dict(resolved)
     try:
         net.load_state_dict(state, strict=True)

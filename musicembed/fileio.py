@@ -8,10 +8,23 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+def _fsync(path: str | os.PathLike, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems cannot sync a directory; the file itself is synced already
+        if not directory:
+            raise
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it onto ``path``.
 
     The file gets the usual permissions (0666 minus the umask), not mkstemp's owner-only 0600.
+    Its data reaches the disk before the rename (and the rename before this returns), so after a
+    crash or power cut ``path`` holds the previous complete file or the new complete one.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -22,7 +35,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
+        _fsync(tmp)
         os.replace(tmp, path)
+        if os.name == "posix":
+            _fsync(path.parent, directory=True)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -14,30 +14,15 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from .embedder import Embedding
+from .fileio import atomic_write
 
 FORMATS = (".npz", ".npy", ".jsonl")
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _write_numpy(tmp: str, save: Callable, *args, **kwargs) -> None:
@@ -60,17 +45,22 @@ def _segment_arrays(prefix: str, items: list[tuple[np.ndarray, np.ndarray, np.nd
 
 
 def write_results(path: str | os.PathLike, results: list[Embedding], dim: int, model_name: str,
-                  windows: bool = False, levels: bool = False) -> None:
-    """Write ``results`` in the format given by the file extension (see module docstring)."""
+                  windows: bool = False, levels: bool = False, extra: dict[str, np.ndarray] | None = None) -> None:
+    """Write ``results`` in the format given by the file extension (see module docstring).
+
+    ``extra``: more named arrays to store (``.npz`` only), e.g. the shard metadata of ``--shard``."""
     path = Path(path)
     ext = path.suffix.lower()
     if ext not in FORMATS:
         raise ValueError(f"unsupported output format {ext!r}; use one of {', '.join(FORMATS)}")
+    if extra and ext != ".npz":
+        raise ValueError(f"extra arrays can only be stored in a .npz file, not {ext}")
     if ext == ".npy":
         matrix = _stack([r.clip[None] for r in results], dim)
         atomic_write(path, lambda tmp: _write_numpy(tmp, np.save, matrix))
         sidecar = path.with_name(path.name[: -len(".npy")] + ".paths.txt")
-        atomic_write(sidecar, lambda tmp: Path(tmp).write_text("".join(r.source + "\n" for r in results)))
+        atomic_write(sidecar, lambda tmp: Path(tmp).write_text("".join(r.source + "\n" for r in results),
+                                                           encoding="utf-8", errors="surrogateescape"))
         return
     if ext == ".npz":
         arrays: dict[str, np.ndarray] = {
@@ -85,6 +75,7 @@ def write_results(path: str | os.PathLike, results: list[Embedding], dim: int, m
             for n in range(len(results[0].levels)):
                 items = [(r.levels[n].vectors, r.levels[n].starts, r.levels[n].ends) for r in results]
                 arrays.update(_segment_arrays(f"level{n}", items, dim))
+        arrays.update(extra or {})
         atomic_write(path, lambda tmp: _write_numpy(tmp, np.savez, **arrays))
         return
     lines = [json.dumps(to_json(r, windows, levels)) + "\n" for r in results]

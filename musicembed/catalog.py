@@ -1,0 +1,248 @@
+"""A resumable store of finished results beside a catalog output (``musicembed embed --out X --resume``).
+
+While ``embed --out OUT`` runs, every finished file is appended to ``OUT.partial``, an
+append-only file of checksummed records, flushed and fsynced one by one. When the run
+completes, OUT is written atomically and ``OUT.partial`` is removed. When the run is
+killed (Ctrl-C, SIGKILL, a crash, a power cut), OUT is untouched (the previous complete
+file, if any) and ``--resume`` reads ``OUT.partial`` back and embeds only the files that
+are not in it.
+
+Layout of ``OUT.partial``: records of ``MAGIC (4 bytes) | payload length (u64 LE) |
+crc32 of the payload (u32 LE) | payload``. The first record (magic ``MEH1``) holds the run's
+settings as JSON: the model (name, version, a fingerprint of config and weights) and the
+options that change vectors. Every later record (``MER1``) is one finished file, an
+uncompressed ``.npz`` (no pickles) holding its key and its :class:`Embedding`. A file's key
+is its absolute path, size and modification time, so a file changed since it was recorded
+is embedded again. A torn or damaged tail (the record being written when the run died) is
+detected by length and checksum, cut off, and its file embedded again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import struct
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .embedder import Embedding, LevelEmbedding
+from .errors import MusicEmbedError
+
+try:  # POSIX: one run per store at a time
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+FORMAT = 1
+_HEAD = struct.Struct("<4sQI")
+_MAGIC_META = b"MEH1"
+_MAGIC_RECORD = b"MER1"
+SUFFIX = ".partial"
+
+
+class StoreError(MusicEmbedError):
+    """The partial store cannot be used (locked by another run, unwritable)."""
+
+
+def partial_path(out: str | os.PathLike) -> Path:
+    """Where the partial results of a run writing ``out`` live: ``OUT.partial`` beside it."""
+    out = Path(out)
+    return out.with_name(out.name + SUFFIX)
+
+
+def file_key(path: str | os.PathLike) -> str | None:
+    """Identity of an input file for resuming: absolute path, size, mtime (ns). None if it cannot be stat'ed."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return json.dumps([os.path.abspath(os.fspath(path)), st.st_size, st.st_mtime_ns])
+
+
+def model_fingerprint(model) -> str:
+    """sha256 over a model's config and every weight tensor: two runs match only with the same model."""
+    h = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode())
+    for name, t in sorted(model.net.state_dict().items()):
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def run_settings(model, *, window_seconds: float | None, hop_seconds: float | None, timestamps: bool = False,
+                 hierarchical: bool = False) -> dict[str, Any]:
+    """What must be equal for stored results to be reused (batch size and device do not change vectors;
+    records keep per-window vectors only with ``timestamps``)."""
+    return {
+        "format": FORMAT,
+        "model": model.name,
+        "model_version": model.config.version,
+        "model_fingerprint": model_fingerprint(model),
+        "window_seconds": window_seconds,
+        "hop_seconds": hop_seconds,
+        "timestamps": bool(timestamps),
+        "hierarchical": bool(hierarchical),
+    }
+
+
+def _encode(key: str, e: Embedding) -> bytes:
+    arrays: dict[str, np.ndarray] = {
+        "key": np.array(key), "source": np.array(e.source), "clip": e.clip, "vectors": e.vectors,
+        "starts": np.asarray(e.starts), "ends": np.asarray(e.ends), "duration": np.array(e.duration, np.float64),
+    }
+    for n, lv in enumerate(e.levels or []):
+        arrays[f"level{n}_vectors"] = lv.vectors
+        arrays[f"level{n}_starts"] = np.asarray(lv.starts)
+        arrays[f"level{n}_ends"] = np.asarray(lv.ends)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def _decode(payload: bytes) -> tuple[str, Embedding]:
+    with np.load(io.BytesIO(payload), allow_pickle=False) as z:
+        d = {k: z[k] for k in z.files}
+    levels = []
+    n = 0
+    while f"level{n}_vectors" in d:
+        levels.append(LevelEmbedding(level=n, vectors=d[f"level{n}_vectors"], starts=d[f"level{n}_starts"],
+                                     ends=d[f"level{n}_ends"]))
+        n += 1
+    e = Embedding(source=str(d["source"]), clip=d["clip"], vectors=d["vectors"], starts=d["starts"],
+                  ends=d["ends"], duration=float(d["duration"]), levels=levels or None)
+    return str(d["key"]), e
+
+
+def _frame(magic: bytes, payload: bytes) -> bytes:
+    return _HEAD.pack(magic, len(payload), zlib.crc32(payload)) + payload
+
+
+def read_records(f) -> tuple[dict[str, Any] | None, dict[str, Embedding], int]:
+    """Parse a store from the start: (settings or None, {key: Embedding}, offset of the end of the last good record)."""
+    size = os.fstat(f.fileno()).st_size
+    f.seek(0)
+    meta, done, good = None, {}, 0
+    while True:
+        head = f.read(_HEAD.size)
+        if len(head) < _HEAD.size:
+            break
+        magic, length, crc = _HEAD.unpack(head)
+        if magic not in (_MAGIC_META, _MAGIC_RECORD) or (magic == _MAGIC_META) != (meta is None):
+            break
+        if length > size - f.tell():  # torn, or a damaged length: never allocate what is not there
+            break
+        payload = f.read(length)
+        if len(payload) < length or zlib.crc32(payload) != crc:
+            break
+        try:
+            if magic == _MAGIC_META:
+                meta = json.loads(payload)
+            else:
+                key, e = _decode(payload)
+                done[key] = e
+        except Exception:  # checksum fine but unreadable: treat as the damaged tail
+            break
+        good = f.tell()
+    return meta, done, good
+
+
+class PartialStore:
+    """The append-only store of one run; open it with :meth:`open`, then :meth:`append` each result."""
+
+    def __init__(self, path: Path, f) -> None:
+        self.path = path
+        self._f = f
+        self._fresh: dict[str, Any] | None = None  # settings of a new store, written with its first record
+
+    @classmethod
+    def open(cls, out: str | os.PathLike, settings: dict[str, Any],
+             resume: bool) -> tuple["PartialStore", dict[str, Embedding], str | None]:
+        """Open (and lock) ``OUT.partial``. Returns the store, the results it already holds (only with
+        ``resume`` and matching settings) and a note for the user, or None."""
+        path = partial_path(out)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            f = open(path, "a+b")  # appends go to the end whatever the position
+        except OSError as e:
+            raise StoreError(f"{path}: cannot create the partial results file: {e.strerror or e}") from None
+        try:
+            if fcntl is not None:
+                try:
+                    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise StoreError(f"{path}: another musicembed run is writing {out} right now; "
+                                     "wait for it or choose another --out") from None
+            store = cls(path, f)
+            note, done = None, {}
+            size = os.fstat(f.fileno()).st_size
+            if resume:
+                meta, done, good = read_records(f)
+                if meta is None:
+                    note = f"--resume: no partial results in {path}; embedding everything"
+                elif meta != settings:
+                    changed = sorted(k for k in settings if meta.get(k) != settings[k])
+                    note = (f"--resume: the partial results in {path} were made with a different "
+                            f"{', '.join(changed)}; starting over")
+                    done = {}
+                else:
+                    if good < size:
+                        note = (f"--resume: dropped the damaged last record of {path} ({size - good} bytes, "
+                                "written when the run was interrupted); its file is embedded again")
+                    f.truncate(good)
+                    os.fsync(f.fileno())
+                    return store, done, note
+            elif size:
+                note = (f"note: replacing the partial results of an interrupted run in {path} "
+                        "(pass --resume to continue that run instead)")
+            # Replaced only when this run records its first result: a run that fails before that
+            # (a mistyped option) leaves the old partial results for a later --resume.
+            store._fresh = settings
+            return store, {}, note
+        except BaseException:
+            f.close()
+            raise
+
+    def _reset(self, settings: dict[str, Any]) -> None:
+        self._f.truncate(0)
+        self._write(_frame(_MAGIC_META, json.dumps(settings).encode()))
+        if os.name == "posix":
+            dfd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            except OSError:
+                pass
+            finally:
+                os.close(dfd)
+
+    def _write(self, data: bytes) -> None:
+        self._f.write(data)
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def append(self, key: str, result: Embedding) -> None:
+        """Record one finished file (durable when this returns)."""
+        if self._fresh is not None:
+            self._reset(self._fresh)
+            self._fresh = None
+        self._write(_frame(_MAGIC_RECORD, _encode(key, result)))
+
+    def close(self) -> None:
+        """Close (and unlock), keeping the file for a later ``--resume`` (unless this run left it empty)."""
+        if not self._f.closed:
+            if self._fresh is not None and os.fstat(self._f.fileno()).st_size == 0:
+                self.path.unlink(missing_ok=True)
+            self._f.close()
+
+    def remove(self) -> None:
+        """The run completed and its output is written: delete the store."""
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+        self.close()

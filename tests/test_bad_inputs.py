@@ -1,0 +1,488 @@
+"""The bad-input matrix (issue 5): every hostile or odd input, through the Python API and the CLI.
+
+Each case ends in either a correct, finite embedding or an error that names the input and
+the reason: never a hang (every call runs under a timeout), a bare traceback, a NaN vector
+or a silently skipped file.
+
+- API: ``load_model(tiny).embed(input)`` for each case on its own, and once for all file
+  cases in one list (``EmbedError`` must account for every input).
+- CLI: one ``musicembed embed ... -r --out x.npz`` run over all file cases at once (the
+  good files must still be written), checked case by case; plus separate runs where a
+  case needs other flags. Array-only cases (non-contiguous, 0-d, 3-d, NaN/Inf arrays) have
+  no command-line form; their file forms (NaN/Inf in a float WAV, int16/int32/float64 PCM)
+  are file cases of their own.
+- Read permission: the suite usually runs as root, where ``chmod 000`` does not stop reads.
+  In process, ``os.access`` is patched to deny the file (the API and the CLI take the same
+  path). For real, a CLI subprocess reads a ``chmod 000`` file: as root, with the
+  capabilities that let root read anything (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH) dropped
+  from its bounding set before exec, so the kernel refuses the read; as a normal user,
+  directly. (Switching to ``nobody`` with ``os.setuid`` does not work here: the
+  interpreter lives under /root, which ``nobody`` cannot enter.)
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import os
+import re
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+import soundfile as sf
+from click.testing import CliRunner
+
+from conftest import SR, noise, tone
+from musicembed import AudioError, EmbedError, load_model
+from musicembed.cli import cli
+
+TIMEOUT = 60  # seconds any one case may take before it counts as a hang
+
+
+@pytest.fixture(autouse=True)
+def _hang_watchdog():
+    """Backstop: a case stuck inside C code (where a thread timeout cannot reach) kills the run
+    with every thread's traceback instead of hanging CI."""
+    faulthandler.dump_traceback_later(4 * TIMEOUT, exit=True)
+    yield
+    faulthandler.cancel_dump_traceback_later()
+
+
+def call_with_timeout(fn: Callable, timeout: float = TIMEOUT):
+    """Run ``fn()`` in a thread; fail the test if it has not returned after ``timeout`` s."""
+    box: dict = {}
+
+    def target():
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 - handed back to the test
+            box["error"] = e
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        pytest.fail(f"hang: no result after {timeout} s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+@pytest.fixture(scope="module")
+def model(pemr_dir):
+    return load_model(pemr_dir, device="cpu")
+
+
+# ----------------------------------------------------------------------------- the cases
+
+BAD_UTF8 = os.fsdecode(b"caf\xe9 latin-1 name.wav")  # a file name that is not valid UTF-8
+
+
+@dataclass
+class Case:
+    """``make(folder) -> path`` builds the input; ``expect`` is "ok", or a regex the error reason
+    must match. ``cli`` overrides the CLI's expectation where the command line reports the
+    input differently (e.g. folders). ``either``: a decoder-dependent case that may end
+    either way (a truncated stream decodes up to the cut, or is refused)."""
+
+    id: str
+    make: Callable[[Path], Path]
+    expect: str
+    cli: str | None = None
+    duration: tuple[float, float] | None = None  # expected duration range of an "ok" result, s
+    either: bool = False
+
+
+def _write(name: str, data: np.ndarray, sr: int = SR, **kw) -> Callable[[Path], Path]:
+    def make(d: Path) -> Path:
+        sf.write(d / name, data, sr, **kw)
+        return d / name
+    return make
+
+
+def _bytes(name: str, data: bytes) -> Callable[[Path], Path]:
+    def make(d: Path) -> Path:
+        (d / name).write_bytes(data)
+        return d / name
+    return make
+
+
+def _truncated(name: str, fmt: str, keep: float) -> Callable[[Path], Path]:
+    def make(d: Path) -> Path:
+        full = d / f"full-{name}"
+        sf.write(full, noise(3.0), SR, format=fmt)
+        data = full.read_bytes()
+        full.unlink()
+        (d / name).write_bytes(data[: int(len(data) * keep)])
+        return d / name
+    return make
+
+
+def _missing(d: Path) -> Path:
+    return d / "does-not-exist.wav"
+
+
+def _empty_dir(d: Path) -> Path:
+    (d / "no audio here").mkdir()
+    (d / "no audio here" / "notes.txt").write_text("not audio")
+    return d / "no audio here"
+
+
+def _loop_link(d: Path) -> Path:
+    (d / "loop.wav").symlink_to("loop.wav")
+    return d / "loop.wav"
+
+
+def _dangling_link(d: Path) -> Path:
+    (d / "dangling.wav").symlink_to("gone.wav")
+    return d / "dangling.wav"
+
+
+def _fifo(d: Path) -> Path:
+    os.mkfifo(d / "pipe.wav")  # opening it for reading would block forever
+    return d / "pipe.wav"
+
+
+def _bad_utf8(d: Path) -> Path:
+    p = Path(os.path.join(os.fspath(d), BAD_UTF8))
+    sf.write(os.fsencode(p), tone(440, 1.0), SR, format="WAV")
+    return p
+
+
+_x = tone(440, 1.0)
+_square = np.sign(np.sin(2 * np.pi * 220 * np.arange(SR) / SR)).astype(np.float32)
+_nan = _x.copy()
+_nan[100] = np.nan
+_inf = _x.copy()
+_inf[5] = np.inf
+
+FILE_CASES = [
+    Case("missing_path", _missing, r"no such file", cli=r"no such file or directory"),
+    Case("dir_without_audio", _empty_dir, r"is a directory", cli=r"folder contains no audio files"),
+    Case("empty_file", _bytes("empty.wav", b""), r"file is empty \(0 bytes\)"),
+    Case("truncated_mp3", _truncated("cut.mp3", "MP3", 0.5), r"decod|not a valid", duration=(0.3, 2.9), either=True),
+    Case("truncated_mp3_to_header", _truncated("stub.mp3", "MP3", 0.01), r"not a valid audio file"),
+    Case("truncated_ogg", _truncated("cut.ogg", "OGG", 0.5), r"decod|malformed", duration=(0.3, 2.9), either=True),
+    Case("truncated_ogg_to_header", _truncated("stub.ogg", "OGG", 0.05), r"malformed"),
+    Case("truncated_flac", _truncated("cut.flac", "FLAC", 0.5), r"decoding failed after|decod", duration=(0.3, 2.9),
+         either=True),
+    Case("random_bytes_wav", _bytes("random.wav", np.random.default_rng(1).bytes(20000)), r"cannot decode"),
+    Case("random_bytes_mp3", _bytes("random.mp3", np.random.default_rng(2).bytes(20000)),
+         r"cannot decode: not a valid audio file"),
+    Case("random_bytes_flac", _bytes("random.flac", np.random.default_rng(3).bytes(20000)), r"cannot decode"),
+    Case("random_bytes_ogg", _bytes("random.ogg", np.random.default_rng(4).bytes(20000)), r"cannot decode"),
+    Case("riff_header_then_garbage", _bytes("fake.wav", b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(200)),
+         r"cannot decode"),
+    Case("text_renamed_mp3", _bytes("notes.mp3", b"this is a text file, not audio\n" * 40),
+         r"cannot decode: not a valid audio file"),
+    Case("zero_length_audio", _write("zero.wav", np.zeros(0, np.float32)), r"no audio samples \(length 0\)"),
+    Case("single_sample", _write("one.wav", np.array([0.5], np.float32)), "ok", duration=(0.0, 0.001)),
+    Case("pure_silence", _write("silence.wav", np.zeros(SR, np.float32)), "ok", duration=(0.99, 1.01)),
+    Case("dc_offset", _write("dc.wav", np.full(SR, 0.7, np.float32)), "ok", duration=(0.99, 1.01)),
+    Case("full_scale_clipping_pcm16", _write("clip16.wav", _square, subtype="PCM_16"), "ok", duration=(0.99, 1.01)),
+    Case("over_full_scale_float", _write("hot.wav", 8 * _square, subtype="FLOAT"), "ok", duration=(0.99, 1.01)),
+    Case("absurd_float_levels", _write("absurd.wav", 1e30 * _x, subtype="FLOAT"), r"non-finite"),
+    Case("nan_in_float_wav", _write("nan.wav", _nan, subtype="FLOAT"), r"NaN or infinite"),
+    Case("inf_in_float_wav", _write("inf.wav", _inf, subtype="FLOAT"), r"NaN or infinite"),
+    Case("eight_channels", _write("ch8.wav", np.repeat(_x[:, None], 8, axis=1), subtype="FLOAT"), "ok",
+         duration=(0.99, 1.01)),
+    Case("rate_8k", _write("r8k.wav", tone(440, 1.0, 8000), 8000), "ok", duration=(0.99, 1.01)),
+    Case("rate_192k", _write("r192k.flac", tone(440, 1.0, 192000), 192000), "ok", duration=(0.99, 1.01)),
+    Case("rate_1hz_header", _write("r1.wav", np.zeros(200, np.float32), 1), r"header claims 1 Hz"),
+    Case("int16_pcm", _write("pcm16.wav", _x, subtype="PCM_16"), "ok", duration=(0.99, 1.01)),
+    Case("int32_pcm", _write("pcm32.wav", _x, subtype="PCM_32"), "ok", duration=(0.99, 1.01)),
+    Case("float64_pcm", _write("pcm64.wav", _x, subtype="DOUBLE"), "ok", duration=(0.99, 1.01)),
+    Case("path_with_spaces", _write("a song with spaces.wav", _x), "ok", duration=(0.99, 1.01)),
+    Case("path_non_ascii", _write("Ünïcødé ♫ 歌.flac", _x), "ok", duration=(0.99, 1.01)),
+    Case("path_not_utf8", _bad_utf8, "ok", duration=(0.99, 1.01)),
+    Case("symlink_loop_file", _loop_link, r"symbolic link loop"),
+    Case("dangling_symlink", _dangling_link, r"broken symbolic link"),
+    Case("fifo_named_wav", _fifo, r"not a regular file"),
+    Case("no_read_permission", _write("secret.wav", _x), r"permission denied"),
+]
+NO_READ = "secret.wav"
+
+
+def _deny_secret(real_access):
+    def access(path, mode, *a, **k):
+        if os.fspath(path).endswith(NO_READ):
+            return False
+        return real_access(path, mode, *a, **k)
+    return access
+
+
+@pytest.fixture(scope="module")
+def matrix(tmp_path_factory):
+    d = tmp_path_factory.mktemp("matrix")
+    return d, {c.id: c.make(d) for c in FILE_CASES}
+
+
+def _check_ok(emb, case: Case, dim: int) -> None:
+    assert emb.clip.shape == (dim,) and emb.clip.dtype == np.float32
+    assert np.isfinite(emb.clip).all() and np.isfinite(emb.vectors).all()
+    if case.duration:
+        lo, hi = case.duration
+        assert lo <= emb.duration <= hi, emb.duration
+
+
+# ----------------------------------------------------------------------------- API, one case at a time
+
+@pytest.mark.parametrize("case", FILE_CASES, ids=lambda c: c.id)
+def test_api_file_case(case, model, matrix, monkeypatch):
+    _, paths = matrix
+    path = paths[case.id]
+    monkeypatch.setattr(os, "access", _deny_secret(os.access))
+    try:
+        emb = call_with_timeout(lambda: model.embed(path, return_timestamps=True))
+    except AudioError as e:
+        assert case.expect != "ok" or case.either, f"expected an embedding, got: {e}"
+        assert e.source == os.fspath(path) and str(e).startswith(os.fspath(path) + ": ")
+        assert re.search(case.expect, e.reason), e.reason
+        return
+    assert case.expect == "ok" or case.either, f"expected an error matching {case.expect!r}, got an embedding"
+    _check_ok(emb, case, model.embedding_dim)
+
+
+def test_api_list_of_all_cases_accounts_for_every_input(model, matrix, monkeypatch):
+    _, paths = matrix
+    monkeypatch.setattr(os, "access", _deny_secret(os.access))
+    inputs = [paths[c.id] for c in FILE_CASES]
+    with pytest.raises(EmbedError) as err:
+        call_with_timeout(lambda: model.embed(inputs, return_timestamps=True))
+    e = err.value
+    for i, c in enumerate(FILE_CASES):
+        assert (e.results[i] is None) == (i in e.errors), c.id  # exactly one of the two
+        if c.expect == "ok":
+            assert e.results[i] is not None, f"{c.id}: {e.errors.get(i)}"
+        elif not c.either:
+            assert i in e.errors and re.search(c.expect, e.errors[i].reason), c.id
+
+
+# ----------------------------------------------------------------------------- API: arrays and tensors
+
+_f32 = tone(440, 1.0, 16000)
+_stereo = np.stack([_f32, 0.5 * _f32], axis=1)
+
+ARRAY_CASES = [  # (id, array, sample_rate, "ok" or error regex, reference array the result must match)
+    ("int16", (_f32 * 32767).astype(np.int16), 16000, "ok", (_f32 * 32767).astype(np.int16) / 32768.0),
+    ("int32", (_f32 * (2**31 - 1)).astype(np.int32), 16000, "ok", _f32),
+    ("float64", _f32.astype(np.float64), 16000, "ok", _f32),
+    ("non_contiguous", np.repeat(_f32, 2)[::2], 16000, "ok", _f32),
+    ("non_contiguous_2d", np.asfortranarray(_stereo)[:, ::-1][:, ::-1], 16000, "ok", _stereo.mean(axis=1)),
+    ("channels_first", _stereo.T.copy(), 16000, "ok", _stereo.mean(axis=1)),
+    ("single_sample", np.array([0.25], np.float32), 16000, "ok", None),
+    ("silence", np.zeros(16000, np.float32), 16000, "ok", None),
+    ("zero_d", np.array(0.5, np.float32), 16000, r"expected a 1-D or 2-D array.*0-D", None),
+    ("three_d", np.zeros((2, 3, 400), np.float32), 16000, r"expected a 1-D or 2-D array.*3-D", None),
+    ("empty", np.zeros(0, np.float32), 16000, r"length 0", None),
+    ("nan", np.where(np.arange(16000) == 7, np.nan, _f32).astype(np.float32), 16000, r"NaN or infinite", None),
+    ("inf", np.where(np.arange(16000) == 7, -np.inf, _f32), 16000, r"NaN or infinite", None),
+    ("complex", _f32.astype(np.complex64), 16000, r"unsupported dtype", None),
+    ("too_many_channels", np.zeros((100, 100), np.float32), 16000, r"too many channels", None),
+    ("rate_too_low", _f32, 1, r"at least 1000 Hz", None),  # would be 4.4 hours of audio: refused, not a hang
+    ("rate_nan", _f32, float("nan"), r"at least 1000 Hz", None),
+    ("rate_not_a_number", _f32, "16000", r"must be a number", None),
+]
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+@pytest.mark.parametrize("cid,x,sr,expect,ref", ARRAY_CASES, ids=[c[0] for c in ARRAY_CASES])
+def test_api_array_case(model, cid, x, sr, expect, ref, kind):
+    import torch
+
+    if kind == "torch":
+        if cid == "non_contiguous":
+            x = torch.from_numpy(np.repeat(_f32, 2))[::2]
+        elif cid == "non_contiguous_2d":
+            x = torch.from_numpy(_stereo.T.copy()).T
+        else:
+            x = torch.from_numpy(np.array(x, copy=True)) if x.ndim else torch.tensor(x.item())
+        assert cid != "non_contiguous" or not x.is_contiguous()
+    try:
+        v = call_with_timeout(lambda: model.embed(x, sample_rate=sr))
+    except AudioError as e:
+        assert expect != "ok", f"expected an embedding, got: {e}"
+        assert e.source == "<array>" and re.search(expect, e.reason), e.reason
+        return
+    assert expect == "ok", f"expected an error matching {expect!r}"
+    assert v.shape == (model.embedding_dim,) and v.dtype == np.float32 and np.isfinite(v).all()
+    if ref is not None:
+        np.testing.assert_allclose(v, model.embed(np.asarray(ref, np.float32), sample_rate=sr), rtol=1e-4, atol=1e-5)
+
+
+def test_eight_channel_file_equals_its_mono_downmix(model, matrix):
+    _, paths = matrix
+    # float32 rounding of the 8-way sum moves the log-mel of near-silent bins a little
+    np.testing.assert_allclose(model.embed(paths["eight_channels"]), model.embed(_x, sample_rate=SR),
+                               rtol=2e-3, atol=1e-3)
+
+
+# ----------------------------------------------------------------------------- CLI: all cases in one run
+
+@pytest.fixture(scope="module")
+def cli_run(matrix, pemr_dir, tmp_path_factory):
+    """One `embed -r --out` over every file case plus good files before and after them."""
+    d, paths = matrix
+    good = tmp_path_factory.mktemp("good")
+    sf.write(good / "first.wav", tone(330, 1.0), SR)
+    sf.write(good / "last.flac", tone(550, 1.0), SR)
+    inputs = [good / "first.wav", *(paths[c.id] for c in FILE_CASES), good / "last.flac"]
+    out = tmp_path_factory.mktemp("cli") / "catalog.npz"
+    mp = pytest.MonkeyPatch()
+    mp.setattr(os, "access", _deny_secret(os.access))
+    try:
+        r = call_with_timeout(lambda: CliRunner().invoke(
+            cli, ["embed", *map(os.fspath, inputs), "-r", "-m", str(pemr_dir), "--out", str(out)]))
+    finally:
+        mp.undo()
+    assert out.exists(), r.output + repr(r.exception)
+    return r, np.load(out), inputs
+
+
+def _failure_lines(stderr: str) -> list[str]:
+    return stderr.split("input(s) failed:\n", 1)[1].splitlines()
+
+
+def test_cli_run_keeps_going_and_accounts_for_every_input(cli_run):
+    r, data, inputs = cli_run
+    assert r.exit_code == 1, r.output
+    assert isinstance(r.exception, SystemExit) and "Traceback" not in r.output
+    written = list(data["paths"])
+    assert written[0].endswith("first.wav") and written[-1].endswith("last.flac")
+    n_failed = int(re.search(r"(\d+) input\(s\) failed", r.stderr).group(1))
+    assert len(written) + n_failed == len(inputs)  # nothing silently skipped
+    assert np.isfinite(data["embeddings"]).all()
+
+
+@pytest.mark.parametrize("case", FILE_CASES, ids=lambda c: c.id)
+def test_cli_file_case(case, cli_run, matrix):
+    r, data, _ = cli_run
+    _, paths = matrix
+    name = os.fspath(paths[case.id])
+    written = list(data["paths"])
+    expect = case.cli or case.expect
+    if name in written:
+        assert expect == "ok" or case.either, f"expected an error matching {expect!r}, but it was written"
+        row = data["embeddings"][written.index(name)]
+        assert row.shape == (16,) and np.isfinite(row).all()
+        if case.duration:
+            lo, hi = case.duration
+            assert lo <= data["durations"][written.index(name)] <= hi
+        return
+    assert expect != "ok", f"{name} was neither written nor reported:\n{r.stderr}"
+    shown = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    lines = [ln for ln in _failure_lines(r.stderr) if ln.strip().startswith(shown + ": ")
+             or ln.strip().startswith(name + ": ")]
+    assert len(lines) == 1, f"no failure line for {name}:\n{r.stderr}"
+    assert re.search(expect, lines[0]), lines[0]
+
+
+def test_cli_folder_without_recursive_and_symlink_loop_under_r(pemr_dir, tmp_path):
+    root = tmp_path / "music"
+    (root / "sub").mkdir(parents=True)
+    sf.write(root / "sub" / "a.wav", tone(440, 0.5), SR)
+    (root / "sub" / "up").symlink_to(root, target_is_directory=True)  # a folder loop
+    (root / "sub" / "self").symlink_to("self", target_is_directory=True)  # a link to itself
+    (root / "sub" / "loop.wav").symlink_to("loop.wav")  # a file that is a loop
+    out = tmp_path / "x.npz"
+    r = call_with_timeout(lambda: CliRunner().invoke(cli, ["embed", str(root), "-m", str(pemr_dir), "--out",
+                                                          str(out)]))
+    assert r.exit_code == 1 and "is a directory (use -r/--recursive" in r.stderr and "Traceback" not in r.output
+    r = call_with_timeout(lambda: CliRunner().invoke(cli, ["embed", str(root), "-r", "-m", str(pemr_dir), "--out",
+                                                          str(out)]))
+    assert r.exit_code == 1, r.output
+    assert [os.path.basename(p) for p in np.load(out)["paths"]] == ["a.wav"]
+    assert re.search(r"loop\.wav: symbolic link loop", r.stderr)
+
+
+def test_cli_reports_what_a_folder_walk_cannot_use(pemr_dir, tmp_path, monkeypatch):
+    """Under -r: audio in formats libsndfile cannot read (.m4a, .wma, ...) and folders that cannot
+    be listed are reported, not skipped unseen; notes and cover art are not audio and are ignored."""
+    root = tmp_path / "music"
+    for sub in ("ok", "locked"):
+        (root / sub).mkdir(parents=True)
+    sf.write(root / "ok" / "a.flac", tone(440, 0.5), SR)
+    (root / "ok" / "b.m4a").write_bytes(b"\x00\x00\x00\x20ftypM4A " + bytes(100))
+    (root / "ok" / "c.WMA").write_bytes(bytes(100))
+    (root / "ok" / "cover.jpg").write_bytes(b"\xff\xd8\xff")
+    (root / "locked" / "d.wav").write_bytes(b"")
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    out = tmp_path / "x.npz"
+    r = call_with_timeout(lambda: CliRunner().invoke(cli, ["embed", str(root), "-r", "-m", str(pemr_dir), "--out",
+                                                          str(out)]))
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert [os.path.basename(p) for p in np.load(out)["paths"]] == ["a.flac"]
+    lines = _failure_lines(r.stderr)
+    assert any(ln.strip().startswith(f"{root / 'ok' / 'b.m4a'}: .m4a files are not supported") for ln in lines)
+    assert any("c.WMA: .wma files are not supported" in ln and "ffmpeg" in ln for ln in lines)
+    assert any(ln.strip().startswith(f"{root / 'locked'}: cannot list this folder: Permission denied") for ln in lines)
+    assert not any("cover.jpg" in ln for ln in lines) and len(lines) == 3
+
+
+# ----------------------------------------------------------------------------- read permission, for real
+
+_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH, _PR_CAPBSET_DROP = 1, 2, 24
+
+
+def _drop_file_read_capabilities() -> None:
+    """In the child before exec: drop root's power to read any file (Linux capabilities), so
+    that a chmod-000 file stops it like it stops everyone else."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH):
+        if libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+
+
+def test_file_without_read_permission_real(pemr_dir, tmp_path):
+    """A chmod-000 file read by a process the permission really stops: as a normal user that is
+    any process; as root (this suite's usual case) a child whose file-read capabilities are
+    dropped before exec (root itself would read anything)."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("needs Linux permissions and capabilities")
+    sf.write(tmp_path / "readable.wav", tone(440, 0.5), SR)
+    sf.write(tmp_path / "secret.wav", tone(440, 0.5), SR)
+    os.chmod(tmp_path / "secret.wav", 0o000)
+    cmd = [sys.executable, "-m", "musicembed", "embed", str(tmp_path / "readable.wav"), str(tmp_path / "secret.wav"),
+           "-m", str(pemr_dir)]
+    kw = {"preexec_fn": _drop_file_read_capabilities} if os.geteuid() == 0 else {}
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                           **kw)
+    except subprocess.SubprocessError as e:  # prctl refused (no CAP_SETPCAP, seccomp)
+        pytest.skip(f"cannot drop root's read capabilities here ({e}); the os.access cases cover the path")
+    finally:
+        os.chmod(tmp_path / "secret.wav", 0o644)
+    assert r.returncode == 1, r.stderr
+    assert f"{tmp_path / 'secret.wav'}: permission denied" in r.stderr and "Traceback" not in r.stderr
+    assert "readable.wav: shape (16,)" in r.stdout
+
+
+# ----------------------------------------------------------------------------- options that cannot work
+
+@pytest.mark.parametrize("opts,reason", [
+    (["--window", "0.001"], "does not fit this model"),  # shorter than the FFT
+    (["--window", "0.02"], "does not fit this model"),  # pooled down to nothing
+    (["--window", "1e9"], "between 0 and 3600 s"),  # would zero-pad each file to 32 years
+    (["--window", "nan"], "between 0 and 3600 s"),
+    (["--hop", "0"], "between 0 and 3600 s"),
+])
+def test_cli_options_that_cannot_work_are_errors_not_tracebacks(pemr_dir, matrix, opts, reason):
+    _, paths = matrix
+    r = call_with_timeout(lambda: CliRunner().invoke(cli, ["embed", str(paths["pure_silence"]), "-m", str(pemr_dir),
+                                                          *opts]))
+    assert r.exit_code != 0 and reason in r.output, r.output
+    assert isinstance(r.exception, SystemExit) and "Traceback" not in r.output
