@@ -19,7 +19,6 @@ detected by length and checksum, cut off, and its file embedded again.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -29,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from .embedder import Embedding, LevelEmbedding
 from .errors import MusicEmbedError
@@ -65,16 +63,6 @@ def file_key(path: str | os.PathLike) -> str | None:
     return json.dumps([os.path.abspath(os.fspath(path)), st.st_size, st.st_mtime_ns])
 
 
-def model_fingerprint(model) -> str:
-    """sha256 over a model's config and every weight tensor: two runs match only with the same model."""
-    h = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode())
-    for name, t in sorted(model.net.state_dict().items()):
-        t = t.detach().to("cpu").contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
 def run_settings(model, *, window_seconds: float | None, hop_seconds: float | None, timestamps: bool = False,
                  hierarchical: bool = False) -> dict[str, Any]:
     """What must be equal for stored results to be reused (batch size and device do not change vectors;
@@ -83,7 +71,7 @@ def run_settings(model, *, window_seconds: float | None, hop_seconds: float | No
         "format": FORMAT,
         "model": model.name,
         "model_version": model.config.version,
-        "model_fingerprint": model_fingerprint(model),
+        "model_fingerprint": model.fingerprint(),
         "window_seconds": window_seconds,
         "hop_seconds": hop_seconds,
         "timestamps": bool(timestamps),

@@ -121,6 +121,21 @@ class Model:
         """Rate (Hz) audio is resampled to before the frontend."""
         return self.config.sample_rate
 
+    def fingerprint(self) -> str:
+        """sha256 (hex) over the config (description excluded) and every weight and buffer:
+        two models give comparable vectors only when their fingerprints are equal."""
+        import hashlib
+        import json
+
+        cfg = self.config.to_dict()
+        cfg.pop("description", None)
+        h = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode())
+        for name, t in sorted(self.net.state_dict().items()):
+            t = t.detach().to("cpu").contiguous()
+            h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
+
     def __repr__(self) -> str:
         return (f"Model(name={self.name!r}, method={self.config.method!r}, dim={self.embedding_dim}, "
                 f"sample_rate={self.sample_rate}, window={self.config.window_seconds:g}s, device={self.device})")

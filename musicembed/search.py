@@ -31,7 +31,6 @@ A query embedded with another model than the index's is refused with
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import uuid
@@ -43,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from .errors import AudioError, MusicEmbedError
+from .hub import sha256_file
 
 INDEX_FORMAT = "musicembed-index"
 INDEX_VERSION = 1
@@ -68,21 +68,12 @@ def model_identity(model) -> dict[str, Any]:
     """What identifies the vectors a model produces: name, version, method, dimension, and a
     sha256 ``fingerprint`` over its config (frontend included) and every weight and buffer.
     ``source`` (how it was loaded) is kept to reload it, not compared."""
-    import torch
-
-    cfg = model.config.to_dict()
-    cfg.pop("description", None)
-    h = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode())
-    for name, t in sorted(model.net.state_dict().items()):
-        t = t.detach().to("cpu").contiguous()
-        h.update(f"{name}:{tuple(t.shape)};".encode())
-        h.update((t.float() if t.dtype == torch.bfloat16 else t).numpy().tobytes())
     return {
         "name": model.config.name,
         "version": model.config.version,
         "method": model.config.method,
         "dim": int(model.embedding_dim),
-        "fingerprint": h.hexdigest(),
+        "fingerprint": model.fingerprint(),
         "source": _portable_source(str(getattr(model, "source", "") or "")),
     }
 
@@ -111,15 +102,6 @@ def check_same_model(index_model: dict[str, Any], other: dict[str, Any], what: s
 
 
 # ----------------------------------------------------------------------------- files
-
-
-def content_hash(path: str | os.PathLike) -> str:
-    """sha256 of a file's bytes (hex)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _stat(path: str) -> tuple[int, int]:
@@ -422,7 +404,7 @@ class Index:
         for f in files:  # stat and hash first, so a file changed during embedding is re-done next time
             try:
                 stats.append(_stat(f))
-                hashes.append(content_hash(f))
+                hashes.append(sha256_file(f))
                 todo.append(f)
             except OSError as e:
                 failures.append((f, e.strerror or str(e)))
@@ -497,7 +479,7 @@ class Index:
                     keep.append(i), keep_paths.append(f), keep_stats.append(st)
                     report.unchanged.append(f)
                     continue
-                h = content_hash(f)
+                h = sha256_file(f)
             except OSError as e:
                 report.failed.append((f, e.strerror or str(e)))
                 continue
