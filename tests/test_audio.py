@@ -7,7 +7,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from conftest import SR, chord, noise, tone
+from audio_fixtures import SR, chord, noise, tone
 from musicembed.audio import find_audio_files, info, load_audio, stream_audio
 from musicembed.errors import AudioError
 

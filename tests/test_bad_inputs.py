@@ -37,7 +37,7 @@ import pytest
 import soundfile as sf
 from click.testing import CliRunner
 
-from conftest import SR, noise, tone
+from audio_fixtures import SR, noise, tone
 from musicembed import AudioError, EmbedError, load_model
 from musicembed.cli import cli
 

@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from conftest import SR, chord, noise, tone
+from audio_fixtures import SR, chord, noise, tone
 from musicembed import AudioError, EmbedError, Embedding, load_model
 
 

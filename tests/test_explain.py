@@ -12,7 +12,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import save_file
 
-from conftest import SR, chord, noise, tiny_pemr_config, tone
+from audio_fixtures import SR, chord, noise, tiny_pemr_config, tone
 from musicembed import load_model
 from musicembed.cli import cli
 from musicembed.explain import folder_labels, load_mask_generator, mart_structure, pemr_importance, project

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torchaudio
 
-from conftest import tiny_mart_config, tiny_pemr_config, tone
+from audio_fixtures import tiny_mart_config, tiny_pemr_config, tone
 from musicembed.config import FrontendConfig, ModelConfig, mart_config, pemr_config
 from musicembed.frontend import LogMel, mel_filterbank
 from musicembed.models import MARTModel, PEMRModel, build_model

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import tone
+from audio_fixtures import tone
 from musicembed import WeightsError, hub, list_models, load_model
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

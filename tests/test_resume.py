@@ -16,7 +16,7 @@ import pytest
 import soundfile as sf
 from click.testing import CliRunner
 
-from conftest import noise, tone
+from audio_fixtures import noise, tone
 from musicembed import load_model
 from musicembed.catalog import PartialStore, file_key, partial_path, read_records, run_settings
 from musicembed.cli import cli

@@ -21,7 +21,7 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from conftest import make_model_dir, tiny_pemr_config
+from audio_fixtures import make_model_dir, tiny_pemr_config
 from musicembed import load_model
 from musicembed.cli import cli
 from musicembed.config import EncoderConfig, FrontendConfig, ModelConfig

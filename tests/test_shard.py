@@ -11,7 +11,7 @@ import soundfile as sf
 import torch
 from click.testing import CliRunner
 
-from conftest import SR, chord, tone
+from audio_fixtures import SR, chord, tone
 from musicembed.cli import cli
 from musicembed.shard import ShardError, list_catalog, merge, parse_spec, shard_of
 

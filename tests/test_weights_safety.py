@@ -16,7 +16,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import tone
+from audio_fixtures import tone
 from musicembed import WeightsError, hub, load_model
 from musicembed.cli import cli
 
