@@ -18,14 +18,6 @@ from musicembed.cli import cli
 from musicembed.explain import folder_labels, load_mask_generator, mart_structure, pemr_importance, project
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def png_size(path: Path) -> tuple[int, int]:
     data = Path(path).read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR", "not a PNG"

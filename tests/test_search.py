@@ -68,15 +68,6 @@ def write_copies(folder: Path, name: str, x: np.ndarray, seed: int) -> None:
     sf.write(folder / f"{name}_noisy.wav", noisy.astype(np.float32), SR)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest single-threaded on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def catalog(tmp_path_factory) -> Path:
     """8 generated songs in two folders; songs 0-2 also as MP3, OGG, gain-changed and noisy copies."""

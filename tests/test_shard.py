@@ -8,20 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 from click.testing import CliRunner
 
 from audio_fixtures import SR, chord, tone
 from musicembed.cli import cli
 from musicembed.shard import ShardError, list_catalog, merge, parse_spec, shard_of
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

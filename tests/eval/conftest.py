@@ -16,15 +16,6 @@ from musicembed.models import build_model
 from eval_helpers import SR, TIMBRES, melody, synth
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids costly spinning when other jobs share the CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="session")
 def free_music_dir(tmp_path_factory) -> Path:
     """manifest.csv + covers.csv over 4 timbre "sources": 3 train and 3 val tracks each
