@@ -22,6 +22,7 @@ from . import hub
 from .audio import AudioInput, stream_audio
 from .config import ModelConfig
 from .errors import AudioError, MusicEmbedError
+from .inference import Prepared, prepare
 from .models import build_model
 
 DEFAULT_CPU_BATCH = 4  # small batches are fastest for these convnets on CPU
@@ -99,11 +100,14 @@ class Model:
     """A loaded PEMR or MART encoder with its frontend. Create with :func:`musicembed.load_model`."""
 
     def __init__(self, net: nn.Module, config: ModelConfig, device: str | torch.device | None = None,
-                 source: str = "") -> None:
+                 source: str = "", fast: bool = False) -> None:
         self.config = config
         self.source = source
         self.device = torch.device(device) if device is not None else _default_device()
         self.net = net.eval().to(self.device)
+        self.fast = fast
+        self._prepared: Prepared | None = None  # the inference copy of net (BN folded, ...), built on first use
+        self._prepared_device: torch.device | None = None
         self._lock = threading.Lock()
 
     # -- facts
@@ -120,6 +124,22 @@ class Model:
     def sample_rate(self) -> int:
         """Rate (Hz) audio is resampled to before the frontend."""
         return self.config.sample_rate
+
+    @property
+    def inference_mode(self) -> str:
+        """How batches are computed, e.g. ``"float32, BN folded, channels_last"``; in fast mode
+        it also says whether the model is compiled and in which precision."""
+        return self._inference().description
+
+    def _inference(self) -> Prepared:
+        """The inference copy of ``net`` for the current device (see :mod:`musicembed.inference`).
+        Built once per device; ``net`` itself stays as loaded."""
+        p = self._prepared
+        if p is None or self._prepared_device != self.device:
+            with self._lock:
+                p = self._prepared = prepare(self.net, self.device, fast=self.fast)
+                self._prepared_device = self.device
+        return p
 
     def fingerprint(self) -> str:
         """sha256 (hex) over the config (description excluded) and every weight and buffer:
@@ -205,6 +225,7 @@ class Model:
         """Move the model to ``device`` ('cpu', 'cuda', 'cuda:1', ...)."""
         self.device = torch.device(device)
         self.net.to(self.device)
+        self._prepared = None  # rebuilt on the new device at the next batch
         return self
 
     def iter_embed(
@@ -263,7 +284,7 @@ class Model:
                         batch += _cut_windows(idx, track, window, hop, final=False)
                 # Full batches as they come (windows of several files share one); the rest at the end.
                 while len(batch) >= bs or (done and batch):
-                    self._run(batch[:bs], tracks, hierarchical, window)
+                    self._run(batch[:bs], tracks, hierarchical, window, bs)
                     batch = batch[bs:]
                 for i, t in list(tracks.items()):
                     if t.finished and t.done_windows == t.windows:
@@ -297,12 +318,14 @@ class Model:
 
     @torch.inference_mode()
     def _run(self, batch: list[tuple[int, int, np.ndarray]], tracks: dict[int, _Track], hierarchical: bool,
-             window: int) -> None:
-        x = torch.from_numpy(np.stack([w for _, _, w in batch]))
-        if self.device.type == "cuda":
-            x = x.pin_memory().to(self.device, non_blocking=True)
+             window: int, batch_size: int) -> None:
+        p = self._inference()
+        # A compiled model would recompile for every new batch shape: pad a short last batch.
+        rows = batch_size if p.compiled and len(batch) < batch_size else len(batch)
+        x = _to_device(batch, rows, window, self.device)
         with self._lock:  # one forward at a time per model: safe to share a Model across threads
-            out = self.net(x)
+            with torch.autocast(self.device.type, dtype=p.autocast or torch.bfloat16, enabled=p.autocast is not None):
+                out = p.net(x)
         if isinstance(out, list):  # MART: per-level (B, M^n, D); level 0 is the window vector
             levels = [o.float().cpu().numpy() for o in out]
             vecs = levels[0][:, 0]
@@ -342,6 +365,19 @@ class Model:
                 ))
         return Embedding(source=t.source, clip=vectors.mean(axis=0).astype(np.float32), vectors=vectors,
                          starts=starts / sr, ends=ends / sr, duration=t.total / sr, levels=levels)
+
+
+def _to_device(batch: list[tuple[int, int, np.ndarray]], rows: int, window: int, device: torch.device) -> torch.Tensor:
+    """Stack the batch's windows into one (rows, window) float32 tensor on ``device``; rows
+    past the batch are zeros. For CUDA it is assembled in pinned host memory and copied
+    asynchronously (``non_blocking``), so the copy overlaps with the work already queued."""
+    pin = device.type == "cuda"
+    x = torch.empty((rows, window), dtype=torch.float32, pin_memory=pin)
+    xn = x.numpy()
+    for j, (_, _, w) in enumerate(batch):
+        xn[j] = w
+    xn[len(batch):] = 0
+    return x.to(device, non_blocking=True) if pin else x.to(device)
 
 
 def _cut_windows(idx: int, t: _Track, window: int, hop: int, final: bool) -> list[tuple[int, int, np.ndarray]]:
@@ -413,11 +449,18 @@ def _default_device() -> torch.device:
 
 
 def load_model(name: str | os.PathLike = "pemr", device: str | torch.device | None = None,
-               force_download: bool = False) -> Model:
+               force_download: bool = False, fast: bool = False) -> Model:
     """Load a model by manifest name, local directory, or ``"hf-hub:<owner>/<repo>[@revision]"``.
 
     The weights are checked against their sha256 and read as safetensors only. ``device``
     defaults to CUDA when available, else CPU.
+
+    ``fast=True`` trades exactness for speed (cosine similarity to the default vectors
+    >= 0.999): the network is compiled with ``torch.compile`` (freezing) and runs in bfloat16
+    where the hardware has native bfloat16 (recent Xeons with AVX512-BF16/AMX, most GPUs).
+    The first batch compiles (tens of seconds on a small CPU, cached on disk for later
+    runs); where compiling fails it warns and runs the default float32 model.
+    ``Model.inference_mode`` says what runs. Details: :mod:`musicembed.inference`.
     """
     resolved = hub.resolve(name, force_download=force_download)
     try:
@@ -434,4 +477,4 @@ def load_model(name: str | os.PathLike = "pemr", device: str | torch.device | No
         raise hub.WeightsError(
             f"{resolved.source}: weights do not match the config's architecture: {' '.join(detail[:3])[:300]}"
         ) from None
-    return Model(net, resolved.config, device=device, source=resolved.source)
+    return Model(net, resolved.config, device=device, source=resolved.source, fast=fast)
