@@ -77,6 +77,10 @@ def _fail(msg: str) -> None:
 @click.option("--hop", "hop_seconds", type=float, help="Step between windows in seconds (default: the window).")
 @click.option("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available).")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Windows per forward pass.")
+@click.option("--fast", is_flag=True,
+              help="Compiled model (torch.compile, freezing; bfloat16 where the hardware has it natively): faster "
+                   "on large catalogs, vectors within cosine 0.999 of the default. The first batch compiles "
+                   "(tens of seconds); falls back to the default model, with a warning, where compiling fails.")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON lines (when not writing --out).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
 @click.option("--shard", "shard_spec", metavar="K/N",
@@ -87,7 +91,7 @@ def _fail(msg: str) -> None:
                    "while a run is under way) are not embedded again.")
 def embed(paths: tuple[Path, ...], recursive: bool, model_name: str, out: Path | None, timestamps: bool,
           hierarchical: bool, window_seconds: float | None, hop_seconds: float | None, device: str | None,
-          batch_size: int | None, as_json: bool, progress: bool | None, shard_spec: str | None,
+          batch_size: int | None, fast: bool, as_json: bool, progress: bool | None, shard_spec: str | None,
           resume: bool) -> None:
     """Embed audio files (WAV, FLAC, OGG, MP3, ...) and folders.
 
@@ -126,7 +130,7 @@ def embed(paths: tuple[Path, ...], recursive: bool, model_name: str, out: Path |
             _fail(str(e))
         files = selection.files
     try:
-        model = load_model(model_name, device=device)
+        model = load_model(model_name, device=device, fast=fast)
     except MusicEmbedError as e:
         _fail(str(e))
     if hierarchical and model.config.method != "mart":

@@ -1,0 +1,143 @@
+"""The inference copy of the network (musicembed/inference.py): BatchNorm folding and
+channels_last are faithful in float32, fast mode stays within cosine 0.999, compile failures
+fall back, and device handling works without a GPU. Real audio, real forward passes."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from torch import nn
+
+from audio_fixtures import SR, chord, noise, tone
+from musicembed import load_model
+from musicembed.audio import load_audio
+from musicembed.embedder import _to_device
+from musicembed.inference import Prepared, fold_batchnorm, native_bf16, prepare
+
+
+@pytest.fixture(scope="module")
+def music(tmp_path_factory):
+    """8 s of chords over noise with a melody, stereo 44.1 kHz FLAC."""
+    x = chord(seconds=8.0) + noise(8.0, seed=3) + tone(660, 8.0, amp=0.1)
+    path = tmp_path_factory.mktemp("inference") / "music.flac"
+    sf.write(path, np.stack([x, np.roll(x, 40)], axis=1), SR)
+    return path
+
+
+def _windows(model, path, count=6):
+    mono = load_audio(path, model.sample_rate)
+    w = model.config.window_samples
+    n = min(len(mono) // w, count) or 1
+    x = np.zeros((n, w), np.float32)
+    x.reshape(-1)[: min(n * w, len(mono))] = mono[: n * w]
+    return torch.from_numpy(x)
+
+
+def _first(out):
+    return out[0] if isinstance(out, list) else out
+
+
+def _assert_faithful(ref: torch.Tensor, got: torch.Tensor) -> None:
+    scale = max(1.0, ref.abs().max().item())
+    assert (got - ref).abs().max().item() <= 1e-4 * scale
+
+
+@pytest.mark.parametrize("name", ["pemr", "mart", "tiny-pemr", "tiny-mart"])
+def test_folded_channels_last_is_faithful(name, music, pemr_dir, mart_dir):
+    model = load_model({"tiny-pemr": pemr_dir, "tiny-mart": mart_dir}.get(name, name), device="cpu")
+    x = _windows(model, music)
+    p = prepare(model.net, torch.device("cpu"))
+    assert "BN folded" in p.description and "channels_last" in p.description and not p.compiled
+    assert not any(isinstance(m, nn.BatchNorm2d) for b in p.net.encoder.blocks for m in b)
+    with torch.inference_mode():
+        ref, got = model.net(x), p.net(x)
+    if isinstance(ref, list):
+        for r, g in zip(ref, got):
+            _assert_faithful(r, g)
+    else:
+        _assert_faithful(ref, got)
+    # the loaded network itself is untouched (fingerprints, export and saving use it)
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.net.encoder.blocks.modules())
+
+
+def test_embed_uses_the_folded_copy_and_matches_the_plain_network(pemr_dir, music):
+    model = load_model(pemr_dir, device="cpu")
+    before = model.fingerprint()
+    e = model.embed(music, return_timestamps=True)
+    assert model.inference_mode.startswith("float32, BN folded")
+    plain = load_model(pemr_dir, device="cpu")
+    plain._prepared, plain._prepared_device = Prepared(plain.net, None, "plain"), plain.device
+    ref = plain.embed(music, return_timestamps=True)
+    np.testing.assert_allclose(e.vectors, ref.vectors, rtol=1e-4, atol=1e-5)
+    assert model.fingerprint() == before
+
+
+def test_fast_mode_close_to_float32(pemr_dir, music):
+    default = load_model(pemr_dir, device="cpu")
+    fast = load_model(pemr_dir, device="cpu", fast=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # inductor's note on complex ops (the STFT stays in eager code)
+        b = fast.embed(music, return_timestamps=True, batch_size=4)
+    a = default.embed(music, return_timestamps=True, batch_size=4)
+    assert a.vectors.shape == b.vectors.shape  # the short last batch was padded, and the padding dropped
+    cos = (a.vectors * b.vectors).sum(1) / np.linalg.norm(a.vectors, axis=1) / np.linalg.norm(b.vectors, axis=1)
+    assert cos.min() >= 0.999, fast.inference_mode
+    assert "compiled" in fast.inference_mode or "not compiled" in fast.inference_mode
+    if not native_bf16(torch.device("cpu")):
+        assert "bfloat16" not in fast.inference_mode  # emulated bfloat16 is slower: never chosen
+
+
+def test_fast_mode_falls_back_when_compiling_fails(pemr_dir, music, monkeypatch):
+    def broken_compile(module, **kwargs):
+        def run(x):
+            raise RuntimeError("no C++ compiler found")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    fast = load_model(pemr_dir, device="cpu", fast=True)
+    with pytest.warns(RuntimeWarning, match="torch.compile failed"):
+        got = fast.embed(music)
+    assert "not compiled" in fast.inference_mode
+    np.testing.assert_allclose(got, load_model(pemr_dir, device="cpu").embed(music), rtol=1e-5, atol=1e-6)
+
+
+def test_fold_keeps_the_input_and_handles_other_networks():
+    net = nn.Sequential(nn.Linear(4, 4))
+    folded = fold_batchnorm(net)
+    assert folded is not net and isinstance(folded[0], nn.Linear)
+    p = prepare(net, torch.device("cpu"))
+    assert "channels_last" not in p.description  # no convolution: nothing to reorder
+
+
+def test_device_handling_without_a_gpu(pemr_dir):
+    model = load_model(pemr_dir, device="cpu")
+    window = model.config.window_samples
+    batch = [(0, 0, np.ones(window, np.float32)), (1, 0, np.full(window, 2, np.float32))]
+    x = _to_device(batch, 4, window, torch.device("cpu"))
+    assert x.shape == (4, window) and x.dtype == torch.float32 and x.device.type == "cpu"
+    assert (x[0] == 1).all() and (x[1] == 2).all() and (x[2:] == 0).all()  # padding rows are zeros
+    # 'meta' tensors carry shapes and devices but no data: the prepared copy lives wholly
+    # on the requested device and computes the right output shape there.
+    p = prepare(model.net, torch.device("meta"))
+    assert {t.device.type for t in p.net.parameters()} == {"meta"}
+    out = p.net(_to_device(batch, 2, window, torch.device("meta")))
+    assert out.device.type == "meta" and out.shape == (2, model.embedding_dim)
+    # moving the model rebuilds the inference copy on the new device at the next batch
+    model.embed(tone(seconds=1.0), sample_rate=SR)
+    first = model._prepared
+    model.to("cpu")
+    assert model._prepared is None
+    model.embed(tone(seconds=1.0), sample_rate=SR)
+    assert model._prepared is not first and model._prepared_device == torch.device("cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_matches_cpu(pemr_dir, music):
+    cpu = load_model(pemr_dir, device="cpu").embed(music)
+    gpu = load_model(pemr_dir, device="cuda")
+    np.testing.assert_allclose(gpu.embed(music), cpu, rtol=1e-3, atol=1e-4)
+    assert gpu._inference().net.encoder.blocks[0][0].weight.device.type == "cuda"
