@@ -16,7 +16,8 @@ import math
 import numbers
 import os
 import stat
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -34,6 +35,7 @@ AudioInput = Union[PathLike, np.ndarray, torch.Tensor]
 BLOCK_SECONDS = 30.0
 MAX_CHANNELS = 64  # a 2-D array whose shorter axis is longer than this is not audio
 MIN_SAMPLE_RATE = 1000  # Hz; below it a few samples would stand for hours of audio to resample and embed
+DECODE_THREADS = min(2, os.cpu_count() or 1)  # threads decoding ahead of the model (see stream_many)
 _MAX_BLOCK_SAMPLES = 1 << 23  # frames x channels decoded at once (32 MB), whatever the header claims
 AUDIO_EXTENSIONS = frozenset(
     {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au", ".w64", ".caf"}
@@ -184,7 +186,10 @@ def _blocks_from_array(x: np.ndarray, in_rate: int, sample_rate: int, block: int
             yield out
 
 
-def _blocks_from_file(path: PathLike, sample_rate: int, block_seconds: float) -> Iterator[np.ndarray]:
+def _blocks_from_file(path: PathLike, sample_rate: int, block_seconds: float, *, skip: int = 0,
+                      resampler: _Resampler | None = None) -> Iterator[np.ndarray]:
+    """Blocks of a file, read sequentially. ``skip`` frames already handled elsewhere (with
+    ``resampler``, the stream that resampled them) are read again but not yielded."""
     name = os.fspath(path)
     with _open(path) as f:
         if f.frames == 0:
@@ -195,8 +200,16 @@ def _blocks_from_file(path: PathLike, sample_rate: int, block_seconds: float) ->
         block = max(1, min(int(block_seconds * f.samplerate), _MAX_BLOCK_SAMPLES // f.channels))
         buf = np.empty((block, f.channels), dtype=np.float32)
         mono_buf = np.empty(block, dtype=np.float32)
-        rs = _Resampler(f.samplerate, sample_rate)
+        rs = resampler or _Resampler(f.samplerate, sample_rate)
         total = 0
+        while total < skip:  # reading, not seeking: the same frames (and errors) as one pass from the start
+            try:
+                got = f.read(min(block, skip - total), dtype="float32", always_2d=True, out=buf[: min(block, skip - total)])
+            except (sf.LibsndfileError, RuntimeError) as e:
+                raise AudioError(name, f"decoding failed after {total / f.samplerate:.2f} s: {e}") from None
+            if not len(got):
+                break
+            total += len(got)
         while True:
             try:
                 got = f.read(block, dtype="float32", always_2d=True, out=buf)
@@ -244,6 +257,208 @@ def stream_audio(
     if not isinstance(source, (str, os.PathLike)):
         raise AudioError(repr(source)[:80], "expected a file path, numpy array or torch tensor")
     yield from _blocks_from_file(source, sample_rate, block_seconds)
+
+
+def stream_many(
+    inputs: Sequence[AudioInput],
+    sample_rate: int,
+    *,
+    source_rate: int | None = None,
+    block_seconds: float = BLOCK_SECONDS,
+    threads: int | None = None,
+) -> Iterator[tuple[int, np.ndarray | None | AudioError]]:
+    """Decode many inputs in order: yield ``(i, block)`` for each block of input ``i`` (float32
+    mono at ``sample_rate`` Hz, the same blocks :func:`stream_audio` yields), then ``(i, None)``
+    at its end, or ``(i, AudioError)`` when it fails (blocks already yielded stay valid).
+
+    With ``threads`` > 1 (default :data:`DECODE_THREADS`) files are decoded by a pool of
+    threads, up to ``2 * threads`` blocks ahead: the 30-s blocks of one long file are read
+    by several threads at once (each with its own handle, seeking to its block), and short
+    files are decoded side by side. libsndfile releases the GIL, so this uses more cores;
+    the output is identical, bit for bit (tests/test_decode.py), and memory stays bounded.
+    Anything unusual in a file (a read error, a short read before the end the header
+    announced, audio beyond it) makes the rest of that file be read sequentially by the
+    same code as :func:`stream_audio`, so the errors and their messages are the same.
+    """
+    threads = DECODE_THREADS if threads is None else max(1, int(threads))
+    if threads == 1:
+        for i, x in enumerate(inputs):
+            yield from _one_input(i, x, sample_rate, source_rate, block_seconds)
+        return
+    yield from _DecodePool(threads, sample_rate, block_seconds).run(inputs, source_rate)
+
+
+def _one_input(i: int, x: AudioInput, sample_rate: int, source_rate: int | None,
+               block_seconds: float) -> Iterator[tuple[int, np.ndarray | None | AudioError]]:
+    try:
+        for block in stream_audio(x, sample_rate, source_rate=source_rate, block_seconds=block_seconds):
+            yield i, block
+        yield i, None
+    except AudioError as e:
+        yield i, e
+    except Exception as e:  # a decoder bug must cost this input only, never the run
+        yield i, AudioError(_name_of(x), f"{type(e).__name__}: {e}")
+
+
+def _name_of(x: object) -> str:
+    if isinstance(x, (np.ndarray, torch.Tensor)):
+        return "<array>"
+    return os.fspath(x) if isinstance(x, (str, os.PathLike)) else repr(x)[:80]
+
+
+# Containers whose seeks land on the exact sample, so a block read after a seek equals the
+# same block read in one pass (PCM, FLAC, MP3: tests/test_decode.py). libsndfile's Ogg
+# (Vorbis/Opus) seeks are not: blocks after a seek can differ in the last bits.
+_EXACT_SEEK = frozenset({"WAV", "WAVEX", "RF64", "W64", "AIFF", "AU", "CAF", "FLAC", "MPEG"})
+
+
+class _Fallback(Exception):
+    """A block could not be decoded the fast way: read the rest of the file sequentially."""
+
+
+class _DecodePool:
+    """Blocks of files decoded by a thread pool, consumed (downmixed, resampled) in order."""
+
+    def __init__(self, threads: int, sample_rate: int, block_seconds: float) -> None:
+        self.threads, self.sample_rate, self.block_seconds = threads, sample_rate, block_seconds
+        self.local = threading.local()
+
+    # -- worker side
+    def _decode(self, name: str, start: int, count: int, channels: int, blocks: int = 1) -> list[np.ndarray]:
+        """``blocks`` reads of ``count`` frames from ``start`` (stopping after a short one),
+        each downmixed to a new mono array."""
+        loc = self.local
+        f = getattr(loc, "file", None)
+        if f is None or loc.name != name:  # one handle per thread, kept while it reads this file
+            if f is not None:
+                f.close()
+            f = loc.file = sf.SoundFile(os.fsencode(name))
+            loc.name = name
+        buf = getattr(loc, "buf", None)
+        if buf is None or buf.shape[0] < count or buf.shape[1] != channels:
+            buf = loc.buf = np.empty((count, channels), np.float32)
+        if f.tell() != start:
+            f.seek(start)
+        out = []
+        for _ in range(blocks):
+            got = f.read(count, dtype="float32", always_2d=True, out=buf[:count])
+            with np.errstate(over="ignore", invalid="ignore"):
+                mono = _downmix(got, np.empty(len(got), np.float32))
+            if not np.isfinite(mono).all():
+                raise _Fallback
+            out.append(mono)
+            if len(got) < count:
+                break
+        return out
+
+    # -- consumer side
+    def run(self, inputs: Sequence[AudioInput], source_rate: int | None):
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(self.threads, thread_name_prefix="musicembed-decode")
+        ahead = 2 * self.threads
+        plans: deque = deque()  # [i, x, _Plan | AudioError | None (arrays, odd files), units submitted]
+        futures: deque = deque()  # (i, unit index, future), in input and block order
+        it = iter(enumerate(inputs))
+
+        def fill() -> None:
+            while len(futures) < ahead:
+                last = plans[-1] if plans else None
+                if last is not None and isinstance(last[2], _Plan) and last[3] < len(last[2]):
+                    start, blocks = last[2][last[3]]
+                    futures.append((last[0], last[3], pool.submit(self._decode, last[2].name, start, last[2].block,
+                                                                  last[2].channels, blocks)))
+                    last[3] += 1
+                    continue
+                if len(plans) > ahead:  # files opened ahead without blocks to decode (arrays, errors)
+                    return
+                nxt = next(it, None)
+                if nxt is None:
+                    return
+                plans.append([nxt[0], nxt[1], self._plan(nxt[1]), 0])
+
+        try:
+            fill()
+            while plans:
+                i, x, plan, _ = plans[0]
+                if plan is None or isinstance(plan, AudioError):  # arrays, unplannable files: in this thread
+                    plans.popleft()
+                    if isinstance(plan, AudioError):
+                        yield i, plan
+                    else:
+                        yield from _one_input(i, x, self.sample_rate, source_rate, self.block_seconds)
+                    fill()
+                    continue
+                yield from self._consume(i, plan, futures, fill)
+                plans.popleft()
+                while futures and futures[0][0] == i:  # units after a short read or a fallback
+                    futures.popleft()[2].cancel()
+                fill()
+        finally:
+            for _, _, fut in futures:
+                fut.cancel()
+            pool.shutdown(wait=False, cancel_futures=True)  # the workers' handles close with their threads
+
+    def _plan(self, x: AudioInput):
+        if not isinstance(x, (str, os.PathLike)):
+            return None
+        name = os.fspath(x)
+        try:
+            with _open(x) as f:
+                frames, rate, channels, seekable, fmt = f.frames, f.samplerate, f.channels, f.seekable(), f.format
+        except AudioError as e:
+            return e
+        if not seekable or frames <= 0 or rate < MIN_SAMPLE_RATE or channels < 1:
+            return None  # the sequential path reports what is wrong
+        block = max(1, min(int(self.block_seconds * rate), _MAX_BLOCK_SAMPLES // channels))
+        if fmt in _EXACT_SEEK:  # each block by whichever thread is free, seeking to it
+            return _Plan(name, rate, channels, block, [(s, 1) for s in range(0, frames, block)])
+        if frames <= 2 * block:  # a short file: read from the start by one thread (no seek)
+            return _Plan(name, rate, channels, block, [(0, 2)])
+        return None  # long Ogg: its seeks are not sample-exact in libsndfile; read in order here
+
+    def _consume(self, i: int, plan: "_Plan", futures, fill):
+        rs = _Resampler(plan.rate, self.sample_rate)
+        total = 0
+        for k in range(len(plan)):
+            fill()
+            if not futures or futures[0][0] != i or futures[0][1] != k:
+                break  # cannot happen; read the rest sequentially to be safe
+            fut = futures.popleft()[2]
+            try:
+                monos = fut.result()
+            except Exception:  # read error, seek error, non-finite samples: the sequential path decides
+                break
+            for mono in monos:
+                total += len(mono)
+                last = len(mono) < plan.block
+                out = rs(mono, last=last)
+                if out.size:
+                    yield i, out
+                if last:
+                    if total == 0:
+                        yield i, AudioError(plan.name, "no audio samples could be decoded")
+                    else:
+                        yield i, None
+                    return
+        # Audio beyond the header's length, or a block that failed: continue sequentially.
+        try:
+            for out in _blocks_from_file(plan.name, self.sample_rate, self.block_seconds, skip=total, resampler=rs):
+                yield i, out
+            yield i, None
+        except AudioError as e:
+            yield i, e
+        except Exception as e:
+            yield i, AudioError(plan.name, f"{type(e).__name__}: {e}")
+
+
+class _Plan(list):
+    """A file's (start, count) blocks with what the consumer needs to know about it."""
+
+    def __init__(self, name: str, rate: int, channels: int, block: int, units: list[tuple[int, int]]) -> None:
+        super().__init__(units)
+        self.name, self.rate, self.channels, self.block = name, rate, channels, block
 
 
 def load_audio(source: AudioInput, sample_rate: int, *, source_rate: int | None = None) -> np.ndarray:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from . import hub
-from .audio import AudioInput, stream_audio
+from .audio import AudioInput, stream_many
 from .config import ModelConfig
 from .errors import AudioError, MusicEmbedError
 from .inference import Prepared, prepare
@@ -416,22 +416,17 @@ def _cut_windows(idx: int, t: _Track, window: int, hop: int, final: bool) -> lis
 
 def _produce(inputs: Sequence[AudioInput], sr: int, source_rate: int | None, q: queue.Queue,
              stop: threading.Event) -> None:
-    """Decode inputs in order, putting (index, block), (index, None) at the end of an input,
-    or (index, AudioError); then _END."""
-    for i, x in enumerate(inputs):
-        if stop.is_set():
-            return
-        try:
-            for block in stream_audio(x, sr, source_rate=source_rate):
-                q.put((i, block))
-                if stop.is_set():
-                    return
-            q.put((i, None))
-        except AudioError as e:
-            q.put((i, e))
-        except Exception as e:  # a decoder bug must cost this file only, never the run
-            q.put((i, AudioError(_source_name(x), f"{type(e).__name__}: {e}")))
-    q.put(_END)
+    """Decode inputs in order (a pool of threads reads ahead, see :func:`stream_many`), putting
+    (index, block), (index, None) at the end of an input, or (index, AudioError); then _END."""
+    gen = stream_many(inputs, sr, source_rate=source_rate)
+    try:
+        for item in gen:
+            if stop.is_set():
+                return
+            q.put(item)
+        q.put(_END)
+    finally:
+        gen.close()
 
 
 def _progress_bar(total: int, progress: bool | None):
