@@ -57,9 +57,9 @@ def render(report: dict, provisional: bool = False) -> str:
         lines.append("|---|---|")
         for k, v in ab.get("network_forward_x_realtime", {}).items():
             lines.append(f"| network forward, {k} | {_x(v)} |")
-        for group in ("downmix_x_realtime", "end_to_end_threads_x_realtime", "end_to_end_plain_vs_default_x_realtime"):
-            label = {"downmix_x_realtime": "downmix", "end_to_end_threads_x_realtime": "end to end",
-                     "end_to_end_plain_vs_default_x_realtime": "end to end"}[group]
+        groups = {"downmix_x_realtime": "downmix", "decode_threads_x_realtime": "single file",
+                  "end_to_end_threads_x_realtime": "end to end", "end_to_end_plain_vs_default_x_realtime": "end to end"}
+        for group, label in groups.items():
             for k, v in ab.get(group, {}).items():
                 lines.append(f"| {label}, {k} | {_x(v)} |")
         lines.append("")

@@ -154,7 +154,9 @@ def stage_breakdown(model, path: Path, batch_size: int | None, repeat: int) -> d
     window = model.config.window_samples
     n = len(mono) // window
     wins = torch.from_numpy(np.ascontiguousarray(mono[: n * window].reshape(n, window)))
-    bs = batch_size or 4
+    from musicembed.embedder import DEFAULT_CPU_BATCH_BY_METHOD
+
+    bs = batch_size or DEFAULT_CPU_BATCH_BY_METHOD.get(model.config.method, 4)
     prepared = model._inference()
     net = prepared.net
     eager = getattr(net, "eager", net)
@@ -269,7 +271,7 @@ def ablation(name: str, mp3: Path) -> dict:
     out: dict = {"windows": n}
     plain = model.net
     folded = fold_batchnorm(plain)
-    cl = folded.to(memory_format=torch.channels_last)
+    cl = fold_batchnorm(plain).to(memory_format=torch.channels_last)  # .to() converts in place: a second copy
     net_rows = {}
     for bs in ARGS.ablation_batches:
         net_rows[f"unfolded NCHW, batch {bs}"] = fwd(plain, bs)
@@ -291,13 +293,34 @@ def ablation(name: str, mp3: Path) -> dict:
     sum_t, _ = _timed(lambda: _downmix(stereo, np.empty(len(stereo), np.float32)), max(rep, 3))
     out["downmix_x_realtime"] = {"x.mean(axis=1)": _xrt(60, mean_t), "column sums * 0.5 (used)": _xrt(60, sum_t)}
 
+    import musicembed.audio as audio
+
+    dur = sf.info(str(mp3)).duration
+    decode = {}
+    for k in (1, 2):
+        def dec(k=k):
+            return sum(len(b) for _, b in audio.stream_many([mp3], sr, threads=k) if isinstance(b, np.ndarray))
+        decode[f"decode + downmix + resample, {k} thread(s)"] = _xrt(dur, _timed(dec, max(rep, 2))[0])
+    old_dt = audio.DECODE_THREADS
+    for k in (1, 2):
+        audio.DECODE_THREADS = k
+        decode[f"end to end, {k} decode thread(s)"] = _xrt(dur, _timed(lambda: model.embed(mp3), rep)[0])
+    audio.DECODE_THREADS = old_dt
+    out["decode_threads_x_realtime"] = decode
+
+    import musicembed.embedder as embedder
+
     threads = {}
     old = torch.get_num_threads()
+    embedder.AUTO_THREADS = False  # measure fixed settings
     for k in sorted({1, os.cpu_count() or 1}):
         torch.set_num_threads(k)
         m = load_model(name, device="cpu")
         m.embed(mono[: window * 3], sample_rate=sr)
-        threads[f"{k} torch thread(s)"] = _xrt(sf.info(str(mp3)).duration, _timed(lambda: m.embed(mp3), rep)[0])
+        threads[f"{k} torch thread(s) for the model"] = _xrt(dur, _timed(lambda: m.embed(mp3), rep)[0])
+    embedder.AUTO_THREADS = True
+    torch.set_num_threads(os.cpu_count() or 1)  # torch's default; embed lowers it while it runs
+    threads["library default (model threads = cores - decode threads)"] = _xrt(dur, _timed(lambda: m.embed(mp3), rep)[0])
     torch.set_num_threads(old)
     out["end_to_end_threads_x_realtime"] = threads
 
@@ -311,7 +334,6 @@ def ablation(name: str, mp3: Path) -> dict:
         with torch.inference_mode():
             for i in range(0, len(w), 64):
                 plain(w[i : i + 64])
-    dur = sf.info(str(mp3)).duration
     out["end_to_end_plain_vs_default_x_realtime"] = {
         "plain (sf.read, mean, torchaudio resample, unfolded, batch 64)": _xrt(dur, _timed(plain_pipeline, rep)[0]),
         "musicembed default": _xrt(dur, _timed(lambda: model.embed(mp3), rep)[0]),
@@ -357,7 +379,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, help="windows per batch (default: the library's)")
     ap.add_argument("--repeat", type=int, default=1, help="take the best of N timings")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--ablation-batches", default="1,4,16,64")
+    ap.add_argument("--ablation-batches", default="1,2,4,8,16,64")
     ap.add_argument("--peer-python", help="python of an environment with musicnn + tensorflow")
     ap.add_argument("--peer-files", type=int, default=0, help="time the peer on the first N files only (0: all)")
     ap.add_argument("--json", type=Path)

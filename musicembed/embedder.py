@@ -25,7 +25,11 @@ from .errors import AudioError, MusicEmbedError
 from .inference import Prepared, prepare
 from .models import build_model
 
-DEFAULT_CPU_BATCH = 4  # small batches are fastest for these convnets on CPU
+# Windows per forward pass on CPU: small batches are fastest for these convnets (their
+# activations stay in cache); measured with benchmarks/throughput.py --cases ablation:
+# PEMR (3-s windows) peaks at 4, MART (4.1-s windows, 15 crops each) at 8.
+DEFAULT_CPU_BATCH = 4
+DEFAULT_CPU_BATCH_BY_METHOD = {"pemr": 4, "mart": 8}
 DEFAULT_GPU_BATCH = 64
 _QUEUE_BLOCKS = 4
 MAX_WINDOW_SECONDS = 3600.0  # a longer window would zero-pad every shorter file to its length
@@ -252,12 +256,14 @@ class Model:
             raise ValueError(f"window of {window / sr:g} s is too short for this MART model's hierarchy")
         if window != self.config.window_samples:
             self._check_window(window)
-        bs = batch_size or (DEFAULT_GPU_BATCH if self.device.type == "cuda" else DEFAULT_CPU_BATCH)
+        bs = batch_size or (DEFAULT_GPU_BATCH if self.device.type == "cuda"
+                            else DEFAULT_CPU_BATCH_BY_METHOD.get(self.config.method, DEFAULT_CPU_BATCH))
         q: queue.Queue = queue.Queue(maxsize=_QUEUE_BLOCKS)
         stop = threading.Event()
         producer = threading.Thread(target=_produce, args=(inputs, sr, sample_rate, q, stop), daemon=True)
         producer.start()
         bar = _progress_bar(len(inputs), progress)
+        lowered = _lower_torch_threads(self.device)
         tracks: dict[int, _Track] = {}
         batch: list[tuple[int, int, np.ndarray]] = []  # (input index, start sample, window)
         next_out = 0
@@ -297,6 +303,8 @@ class Model:
                     yield next_out, res
                     next_out += 1
         finally:
+            if lowered:
+                _restore_torch_threads()
             stop.set()
             while producer.is_alive():  # unblock a producer waiting on a full queue
                 try:
@@ -365,6 +373,43 @@ class Model:
                 ))
         return Embedding(source=t.source, clip=vectors.mean(axis=0).astype(np.float32), vectors=vectors,
                          starts=starts / sr, ends=ends / sr, duration=t.total / sr, levels=levels)
+
+
+# While embedding on CPU, the model's intra-op threads leave the decoding threads their cores:
+# torch's default (one per core) plus busy decoders oversubscribes the CPU, and OpenMP's
+# spinning threads then lose more than they gain (benchmarks/throughput.py --cases ablation).
+AUTO_THREADS = True
+_threads_lock = threading.Lock()
+_threads_users = 0
+_threads_saved = 0
+
+
+def _lower_torch_threads(device: torch.device) -> bool:
+    """Lower torch's intra-op threads to (cores - decode threads), at least 1, for the
+    duration of an embed; never raises them. Returns whether it took effect (then call
+    :func:`_restore_torch_threads` once done). Shared by concurrent embeds: the last to
+    finish restores the setting."""
+    global _threads_users, _threads_saved
+    from . import audio
+
+    if not AUTO_THREADS or device.type != "cpu":
+        return False
+    with _threads_lock:
+        if _threads_users == 0:
+            _threads_saved = torch.get_num_threads()
+            want = max(1, (os.cpu_count() or 1) - audio.DECODE_THREADS)
+            if want < _threads_saved:
+                torch.set_num_threads(want)
+        _threads_users += 1
+    return True
+
+
+def _restore_torch_threads() -> None:
+    global _threads_users
+    with _threads_lock:
+        _threads_users -= 1
+        if _threads_users == 0 and torch.get_num_threads() != _threads_saved:
+            torch.set_num_threads(_threads_saved)
 
 
 def _to_device(batch: list[tuple[int, int, np.ndarray]], rows: int, window: int, device: torch.device) -> torch.Tensor:

@@ -141,3 +141,22 @@ def test_cuda_matches_cpu(pemr_dir, music):
     gpu = load_model(pemr_dir, device="cuda")
     np.testing.assert_allclose(gpu.embed(music), cpu, rtol=1e-3, atol=1e-4)
     assert gpu._inference().net.encoder.blocks[0][0].weight.device.type == "cuda"
+
+
+def test_model_threads_lowered_while_embedding_and_restored(pemr_dir, music, monkeypatch):
+    import os
+
+    import musicembed.audio as audio
+
+    model = load_model(pemr_dir, device="cpu")
+    monkeypatch.setattr(audio, "DECODE_THREADS", 1)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(os.cpu_count() or 1)
+        gen = model.iter_embed([music, music])
+        next(gen)
+        assert torch.get_num_threads() == max(1, (os.cpu_count() or 1) - 1)  # one core left to decoding
+        list(gen)
+        assert torch.get_num_threads() == (os.cpu_count() or 1)
+    finally:
+        torch.set_num_threads(old)
