@@ -112,6 +112,7 @@ class Model:
         self.fast = fast
         self._prepared: Prepared | None = None  # the inference copy of net (BN folded, ...), built on first use
         self._prepared_device: torch.device | None = None
+        self._staging: tuple | None = None  # ((rows, window, device), host tensor) reused by _run
         self._lock = threading.Lock()
 
     # -- facts
@@ -330,15 +331,21 @@ class Model:
         p = self._inference()
         # A compiled model would recompile for every new batch shape: pad a short last batch.
         rows = batch_size if p.compiled and len(batch) < batch_size else len(batch)
-        x = _to_device(batch, rows, window, self.device)
         with self._lock:  # one forward at a time per model: safe to share a Model across threads
+            key = (rows, window, self.device)
+            if self._staging is None or self._staging[0] != key:  # one reused host buffer per batch shape
+                self._staging = (key, torch.empty((rows, window), dtype=torch.float32,
+                                                  pin_memory=self.device.type == "cuda"))
+            x = _to_device(batch, rows, window, self.device, self._staging[1])
             with torch.autocast(self.device.type, dtype=p.autocast or torch.bfloat16, enabled=p.autocast is not None):
                 out = p.net(x)
-        if isinstance(out, list):  # MART: per-level (B, M^n, D); level 0 is the window vector
-            levels = [o.float().cpu().numpy() for o in out]
-            vecs = levels[0][:, 0]
-        else:
-            levels, vecs = None, out.float().cpu().numpy()
+            # Read back while holding the lock: on CUDA this waits for the copy from the staging
+            # buffer, which the next batch (maybe another thread's) refills.
+            if isinstance(out, list):  # MART: per-level (B, M^n, D); level 0 is the window vector
+                levels = [o.float().cpu().numpy()[: len(batch)] for o in out]
+                vecs = levels[0][:, 0]
+            else:
+                levels, vecs = None, out.float().cpu().numpy()[: len(batch)]
         for j, (idx, start, _) in enumerate(batch):
             t = tracks[idx]
             t.vectors.append(vecs[j])
@@ -412,12 +419,16 @@ def _restore_torch_threads() -> None:
             torch.set_num_threads(_threads_saved)
 
 
-def _to_device(batch: list[tuple[int, int, np.ndarray]], rows: int, window: int, device: torch.device) -> torch.Tensor:
+def _to_device(batch: list[tuple[int, int, np.ndarray]], rows: int, window: int, device: torch.device,
+               staging: torch.Tensor | None = None) -> torch.Tensor:
     """Stack the batch's windows into one (rows, window) float32 tensor on ``device``; rows
     past the batch are zeros. For CUDA it is assembled in pinned host memory and copied
-    asynchronously (``non_blocking``), so the copy overlaps with the work already queued."""
+    asynchronously (``non_blocking``), so the copy overlaps with the work already queued.
+    ``staging``, a host tensor of that shape (pinned for CUDA), is reused when given: the
+    caller must not refill it before the copy is done (reading the previous batch's results
+    back to the host waits for it)."""
     pin = device.type == "cuda"
-    x = torch.empty((rows, window), dtype=torch.float32, pin_memory=pin)
+    x = staging if staging is not None else torch.empty((rows, window), dtype=torch.float32, pin_memory=pin)
     xn = x.numpy()
     for j, (_, _, w) in enumerate(batch):
         xn[j] = w
