@@ -30,8 +30,9 @@ def render(report: dict, provisional: bool = False) -> str:
     lines.append(f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), "
                  f"device {m['device']}{' (' + m['gpu'] + ')' if m.get('gpu') else ''}. "
                  "x realtime = audio seconds / wall seconds.\n")
+    hour_label = inp["hour"] if any("hour" in r for r in report["results"]) else "long file"
     lines.append(f"| model | mode | {inp['mp3']}: end to end | decode | resample | log-mel | encoder "
-                 f"| folder ({inp['folder']}) | folder / single file | {inp['hour']}: peak RSS (above `import torch`) |")
+                 f"| folder ({inp['folder']}) | folder / single file | {hour_label}: peak RSS (above `import torch`) |")
     lines.append("|---|---|---|---|---|---|---|---|---|---|")
     for r in report["results"]:
         mp3 = r.get("mp3", {})
@@ -46,8 +47,13 @@ def render(report: dict, provisional: bool = False) -> str:
     lines.append("")
     modes = {r["mode"]: r["inference"] for r in report["results"]}
     for mode, how in modes.items():
-        lines.append(f"- `{mode}`: {how}" + (f"; compile {max(r['warmup_s'] for r in report['results'] if r['mode'] == mode):.0f} s "
-                                            "before the first batch (not in the figures)" if mode == "fast" else ""))
+        extra = ""
+        if mode == "fast":
+            extra = "; compiling before the first batch (not in the figures): " + ", ".join(
+                f"{r['model']} {r['warmup_s']:.0f} s" for r in report["results"] if r["mode"] == mode)
+        lines.append(f"- `{mode}`: {how}{extra}")
+    lines.append("- stages are timed one at a time on the same file (decode: libsndfile + downmix, one thread); "
+                 "end to end runs them overlapped (decode threads ahead of the model).")
     if "import_torch_rss_mib" in report:
         lines.append(f"- `import torch` alone: {report['import_torch_rss_mib']:.0f} MiB RSS (this PyTorch build).")
     lines.append("")
