@@ -56,9 +56,13 @@ class Prepared:
 
 def fold_batchnorm(net: nn.Module) -> nn.Module:
     """A copy of ``net`` (in eval mode) whose FCN blocks have each BatchNorm folded into the
-    convolution before it. Modules that are not :class:`~musicembed.models.fcn.FCN` are kept
-    as they are. The input is not modified."""
-    net = copy.deepcopy(net).eval()
+    convolution before it. Parts that are not :class:`~musicembed.models.fcn.FCN` share their
+    weights with ``net``. The input is not modified."""
+    # Only the FCN encoders are copied; every other weight (MART's part-whole transformer, the
+    # frontend's buffers) is shared with ``net``, so the copy costs no second set of them.
+    in_fcn = {id(t) for m in net.modules() if isinstance(m, FCN) for t in (*m.parameters(), *m.buffers())}
+    memo = {id(t): t for t in (*net.parameters(), *net.buffers()) if id(t) not in in_fcn}
+    net = copy.deepcopy(net, memo).eval()
     for m in net.modules():
         if isinstance(m, FCN):
             for block in m.blocks:

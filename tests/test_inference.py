@@ -160,3 +160,11 @@ def test_model_threads_lowered_while_embedding_and_restored(pemr_dir, music, mon
         assert torch.get_num_threads() == (os.cpu_count() or 1)
     finally:
         torch.set_num_threads(old)
+
+
+def test_copy_shares_the_weights_it_does_not_change(mart_dir):
+    model = load_model(mart_dir, device="cpu")
+    p = prepare(model.net, torch.device("cpu"))
+    assert p.net.pwt.layers[0][0].whole_from_parts.attn.q.weight is model.net.pwt.layers[0][0].whole_from_parts.attn.q.weight
+    assert p.net.encoder.blocks[0][0].weight is not model.net.encoder.blocks[0][0].weight
+    assert isinstance(model.net.encoder.blocks[0][1], nn.BatchNorm2d)  # the original keeps its BatchNorm
