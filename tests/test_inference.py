@@ -168,3 +168,17 @@ def test_copy_shares_the_weights_it_does_not_change(mart_dir):
     assert p.net.pwt.layers[0][0].whole_from_parts.attn.q.weight is model.net.pwt.layers[0][0].whole_from_parts.attn.q.weight
     assert p.net.encoder.blocks[0][0].weight is not model.net.encoder.blocks[0][0].weight
     assert isinstance(model.net.encoder.blocks[0][1], nn.BatchNorm2d)  # the original keeps its BatchNorm
+
+
+def test_cli_fast_flag(pemr_dir, music, monkeypatch):
+    import json
+
+    from click.testing import CliRunner
+
+    from musicembed.cli import cli
+
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: (lambda x: (_ for _ in ()).throw(RuntimeError("no compiler"))))
+    r = CliRunner().invoke(cli, ["embed", str(music), "-m", str(pemr_dir), "--fast", "--json"])
+    assert r.exit_code == 0, r.output
+    got = np.asarray(json.loads(r.stdout)["embedding"], np.float32)
+    np.testing.assert_allclose(got, load_model(pemr_dir, device="cpu").embed(music), rtol=1e-5, atol=1e-6)
