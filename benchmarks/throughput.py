@@ -108,6 +108,15 @@ def make_folder(folder: Path, files: int, seconds: float) -> list[Path]:
 
 # ---------------------------------------------------------------- measuring
 def peak_rss_mib() -> float:
+    """Peak RSS of this process in MiB: VmHWM (Linux), the high-water mark of this process's
+    own memory. Not ru_maxrss: Linux carries the parent's RSS over into a child's ru_maxrss
+    across fork/exec, so a child started by a large parent would report the parent's size."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
