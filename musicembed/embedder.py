@@ -264,7 +264,8 @@ class Model:
         producer = threading.Thread(target=_produce, args=(inputs, sr, sample_rate, q, stop), daemon=True)
         producer.start()
         bar = _progress_bar(len(inputs), progress)
-        lowered = _lower_torch_threads(self.device)
+        # Files are decoded by threads of their own: leave them cores (arrays need no decoding).
+        lowered = any(isinstance(x, (str, os.PathLike)) for x in inputs) and _lower_torch_threads(self.device)
         tracks: dict[int, _Track] = {}
         batch: list[tuple[int, int, np.ndarray]] = []  # (input index, start sample, window)
         next_out = 0
