@@ -63,7 +63,8 @@ def render(report: dict, provisional: bool = False) -> str:
         lines.append("|---|---|")
         for k, v in ab.get("network_forward_x_realtime", {}).items():
             lines.append(f"| network forward, {k} | {_x(v)} |")
-        groups = {"downmix_x_realtime": "downmix", "decode_threads_x_realtime": "single file",
+        groups = {"downmix_x_realtime": "downmix", "resample_44k1_to_model_rate_x_realtime": "resample 44.1 kHz",
+                  "decode_threads_x_realtime": "single file",
                   "end_to_end_threads_x_realtime": "end to end", "end_to_end_plain_vs_default_x_realtime": "end to end"}
         for group, label in groups.items():
             for k, v in ab.get(group, {}).items():

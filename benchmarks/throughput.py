@@ -26,7 +26,9 @@ compiled, once before timing; the compile time is reported apart):
   above that baseline is given too.
 - ``ablation`` (--ablation): before/after ratios, within one run, of each optimisation:
   network forward on the decoded windows (unfolded NCHW vs BN folded vs + channels_last,
-  batch sizes, bfloat16 autocast, compiled), downmix arithmetic, torch threads end to end.
+  batch sizes, bfloat16 autocast, compiled), downmix arithmetic, soxr vs torchaudio
+  resampling, 1 vs 2 decode threads, fixed torch thread counts vs the library's setting, and
+  a plain pipeline (whole-file read, mean, torchaudio, unfolded model, batch 64) end to end.
 - ``peer`` (--peer-python): musicnn (benchmarks/peer_musicnn.py, in its own environment)
   on the same folder, against musicembed's default PEMR; skipped, with the reason, when
   it is not available.
@@ -302,9 +304,18 @@ def ablation(name: str, mp3: Path) -> dict:
     sum_t, _ = _timed(lambda: _downmix(stereo, np.empty(len(stereo), np.float32)), max(rep, 3))
     out["downmix_x_realtime"] = {"x.mean(axis=1)": _xrt(60, mean_t), "column sums * 0.5 (used)": _xrt(60, sum_t)}
 
+    import torchaudio.functional as AF
+
     import musicembed.audio as audio
 
     dur = sf.info(str(mp3)).duration
+    x44 = audio.load_audio(mp3, 44100)  # mono at the file's rate
+    out["resample_44k1_to_model_rate_x_realtime"] = {
+        "torchaudio.functional.resample": _xrt(dur, _timed(lambda: AF.resample(torch.from_numpy(x44), 44100, sr),
+                                                          max(rep, 2))[0]),
+        "soxr streaming, 30-s blocks (used)": _xrt(dur, _timed(lambda: list(audio._blocks_from_array(
+            x44, 44100, sr, 30 * 44100)), max(rep, 2))[0]),
+    }
     decode = {}
     for k in (1, 2):
         def dec(k=k):

@@ -33,7 +33,8 @@ def test_throughput_small_mode_and_table(tmp_path):
     assert row["hour"]["peak_rss_mib"] > 0 and "peak_rss_above_import_torch_mib" in row["hour"]
     ab = report["ablation"]["pemr"]
     assert {"network_forward_x_realtime", "downmix_x_realtime", "decode_threads_x_realtime",
-            "end_to_end_threads_x_realtime", "end_to_end_plain_vs_default_x_realtime"} <= set(ab)
+            "end_to_end_threads_x_realtime", "end_to_end_plain_vs_default_x_realtime",
+            "resample_44k1_to_model_rate_x_realtime"} <= set(ab)
     assert "skipped" in report["peer"]  # the peer is not installed: said so, not failed
 
     readme = tmp_path / "README.md"
