@@ -508,11 +508,12 @@ def load_model(name: str | os.PathLike = "pemr", device: str | torch.device | No
     defaults to CUDA when available, else CPU.
 
     ``fast=True`` trades exactness for speed (cosine similarity to the default vectors
-    >= 0.999): the network is compiled with ``torch.compile`` (freezing) and runs in bfloat16
-    where the hardware has native bfloat16 (recent Xeons with AVX512-BF16/AMX, most GPUs).
-    The first batch compiles (tens of seconds on a small CPU, cached on disk for later
-    runs); where compiling fails it warns and runs the default float32 model.
-    ``Model.inference_mode`` says what runs. Details: :mod:`musicembed.inference`.
+    >= 0.999): at the first batch the default network is timed against a ``torch.compile``
+    (freezing) version and, where the hardware has native bfloat16 (Xeons with
+    AVX512-BF16/AMX, most GPUs), bfloat16 autocast; the fastest is kept. The first batch
+    compiles (tens of seconds on a small CPU, cached on disk for later runs); where
+    compiling fails it warns and runs the default float32 model. ``Model.inference_mode``
+    says what runs. Details: :mod:`musicembed.inference`.
     """
     resolved = hub.resolve(name, force_download=force_download)
     try:

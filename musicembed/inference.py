@@ -16,18 +16,21 @@ model (``benchmarks/throughput.py``; the README's performance section has the fi
   the tensor-core layout on CUDA): identical arithmetic, fewer layout conversions.
 
 Fast mode (``load_model(..., fast=True)``, CLI ``--fast``), opt-in because its numbers are
-not bit-for-bit those of float32 eager mode (tested: cosine >= 0.999 on real audio):
+not bit-for-bit those of float32 eager mode (tested: cosine >= 0.999 on real audio). It
+*measures* rather than assumes: at the first batch of each shape it times the default
+model and each candidate below on that batch, and keeps the fastest on this machine
+(``Model.inference_mode`` names it; the timings are in ``Model._inference().net.timings``):
 
 - **torch.compile with freezing** (``torch._inductor`` with ``freezing=True``: weights become
   constants, the convolutions are pre-packed for oneDNN, the log-mel and pooling ops are
   fused). The first batch of each new shape compiles (tens of seconds on a small CPU; later
   processes reuse inductor's on-disk cache). Needs a working C++ compiler on CPU; when
-  compiling fails, fast mode falls back to the default folded float32 model and says so
-  (a warning, and ``Model.inference_mode`` names what runs).
-- **bfloat16 autocast** only where the hardware computes bfloat16 natively: CPUs with
-  AVX512-BF16 or AMX, and CUDA GPUs that support it. On other CPUs (AVX2 only, like the
-  2-core machine the figures come from) bfloat16 convolutions are emulated and measured
-  10-15x *slower* than float32, so fast mode leaves them in float32.
+  compiling fails, fast mode drops that candidate with a warning and runs the default
+  folded float32 model.
+- **bfloat16 autocast** (eager and compiled) is a candidate only where the hardware
+  computes bfloat16 natively: CPUs with AVX512-BF16 or AMX, and CUDA GPUs that support it.
+  On other CPUs (AVX2 only, like the 2-core machine the figures come from) bfloat16
+  convolutions are emulated and measured 10-15x *slower* than float32.
 """
 
 from __future__ import annotations
@@ -100,18 +103,22 @@ def prepare(net: nn.Module, device: torch.device, fast: bool = False) -> Prepare
         steps.append("channels_last")
     if not fast:
         return Prepared(out, None, ", ".join(steps))
-    dtype = torch.bfloat16 if native_bf16(device) else None
-    if dtype is not None:
-        steps[0] = "bfloat16 autocast"
-    prepared = Prepared(out, dtype, ", ".join(steps + ["not compiled (torch.compile unavailable)"]))
+    base = ", ".join(steps[1:])
+    candidates = [(f"float32, {base}, not compiled", out, None)]
+    if native_bf16(device):
+        candidates.append((f"bfloat16 autocast, {base}, not compiled", out, torch.bfloat16))
+    prepared = Prepared(out, None, "")
     try:
         compiled = torch.compile(out, dynamic=False, options={"freezing": True})
     except Exception as e:  # no torch.compile on this platform/version
         _warn_eager(e)
-        return prepared
-    prepared.net = _CompiledOrEager(compiled, out, prepared, ", ".join(steps + ["compiled (inductor, freezing)"]))
-    prepared.description = prepared.net.description
-    prepared.compiled = True
+    else:
+        candidates.append((f"float32, {base}, compiled (inductor, freezing)", compiled, None))
+        if native_bf16(device):
+            candidates.append((f"bfloat16 autocast, {base}, compiled (inductor, freezing)", compiled, torch.bfloat16))
+    prepared.net = _Fastest(candidates, prepared, device)
+    prepared.description = "fast: picked at the first batch among: " + "; ".join(c[0] for c in candidates)
+    prepared.compiled = True  # keep batch shapes fixed (the last batch is padded): one pick, one graph per shape
     return prepared
 
 
@@ -120,24 +127,68 @@ def _warn_eager(e: BaseException) -> None:
                   "running the eager (folded float32) model instead", RuntimeWarning, stacklevel=4)
 
 
-class _CompiledOrEager(nn.Module):
-    """Runs the compiled module; if compiling fails (it happens at the first call of each
-    new input shape: no C++ compiler, an unsupported op, ...), warns once and runs the
-    eager module from then on."""
+class _Fastest(nn.Module):
+    """Fast mode's module: candidates (description, module, autocast dtype or None), the
+    first being the default eager float32 model. At the first batch of each input shape,
+    every candidate runs once (compiling, where it is a compiled one) and is then timed on
+    that batch (best of 3); the fastest serves that shape from then on. A compiled candidate
+    that fails to compile (no C++ compiler, an unsupported op, ...) is dropped with a warning."""
 
-    def __init__(self, compiled: nn.Module, eager: nn.Module, prepared: Prepared, description: str) -> None:
+    def __init__(self, candidates: list, prepared: Prepared, device: torch.device) -> None:
         super().__init__()
-        self.compiled, self.eager, self._prepared, self.description = compiled, eager, prepared, description
-        self.failed = False
+        self.eager = candidates[0][1]
+        self._candidates = candidates
+        self._prepared = prepared
+        self._device = device
+        self._chosen: dict[tuple, int] = {}
+        self.timings: dict[tuple, dict[str, float]] = {}  # shape -> description -> seconds per batch
+
+    def _call(self, k: int, x: torch.Tensor):
+        _, module, dtype = self._candidates[k]
+        with torch.autocast(self._device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            return module(x)
+
+    def _sync(self) -> None:
+        if self._device.type == "cuda":
+            torch.cuda.synchronize(self._device)
+
+    def _pick(self, x: torch.Tensor) -> int:
+        import time
+
+        times: dict[int, float] = {}
+        failed = False
+        for k, (desc, _, _) in enumerate(self._candidates):
+            try:
+                self._call(k, x)  # warm-up; compiles a compiled candidate for this shape
+            except Exception as e:  # inductor/dynamo errors have no common public base class
+                if k == 0:
+                    raise
+                if not failed:
+                    _warn_eager(e)
+                failed = True
+                continue
+            best = float("inf")
+            for _ in range(3):
+                self._sync()
+                t0 = time.perf_counter()
+                self._call(k, x)
+                self._sync()
+                best = min(best, time.perf_counter() - t0)
+            times[k] = best
+        self.timings[tuple(x.shape)] = {self._candidates[k][0]: t for k, t in times.items()}
+        k = min(times, key=times.get)
+        desc = self._candidates[k][0]
+        if "not compiled" in desc:
+            compiled_ran = any("compiled (" in self._candidates[j][0] for j in times)
+            why = ("compiling failed" if failed else "the compiled model was not faster here" if compiled_ran
+                   else "torch.compile unavailable")
+            desc = desc.replace("not compiled", f"not compiled ({why})")
+        self._prepared.description = desc
+        return k
 
     def forward(self, x: torch.Tensor):
-        if not self.failed:
-            try:
-                return self.compiled(x)
-            except Exception as e:  # inductor/dynamo errors have no common public base class
-                self.failed = True
-                self._prepared.compiled = False
-                self._prepared.description = self._prepared.description.replace(
-                    "compiled (inductor, freezing)", "not compiled (compiling failed)")
-                _warn_eager(e)
-        return self.eager(x)
+        key = tuple(x.shape)
+        k = self._chosen.get(key)
+        if k is None:
+            k = self._chosen[key] = self._pick(x)
+        return self._call(k, x)

@@ -182,3 +182,22 @@ def test_cli_fast_flag(pemr_dir, music, monkeypatch):
     assert r.exit_code == 0, r.output
     got = np.asarray(json.loads(r.stdout)["embedding"], np.float32)
     np.testing.assert_allclose(got, load_model(pemr_dir, device="cpu").embed(music), rtol=1e-5, atol=1e-6)
+
+
+def test_fast_mode_keeps_the_faster_model(pemr_dir, music, monkeypatch):
+    """The pick is measured: a 'compiled' model that is slower than eager is not used."""
+    import time
+
+    def slow_compile(module, **kwargs):
+        def run(x):
+            time.sleep(0.05)
+            return module(x)
+        return run
+
+    monkeypatch.setattr(torch, "compile", slow_compile)
+    fast = load_model(pemr_dir, device="cpu", fast=True)
+    got = fast.embed(music)
+    assert fast.inference_mode.endswith("not compiled (the compiled model was not faster here)")
+    timings = next(iter(fast._inference().net.timings.values()))
+    assert len(timings) == 2 and min(timings, key=timings.get).startswith("float32, BN folded")
+    np.testing.assert_allclose(got, load_model(pemr_dir, device="cpu").embed(music), rtol=1e-5, atol=1e-6)
