@@ -78,9 +78,10 @@ def _fail(msg: str) -> None:
 @click.option("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available).")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Windows per forward pass.")
 @click.option("--fast", is_flag=True,
-              help="Compiled model (torch.compile, freezing; bfloat16 where the hardware has it natively): faster "
-                   "on large catalogs, vectors within cosine 0.999 of the default. The first batch compiles "
-                   "(tens of seconds); falls back to the default model, with a warning, where compiling fails.")
+              help="Time the default model against a compiled one (torch.compile, freezing) and, where the hardware "
+                   "has native bfloat16, bfloat16 at the first batch, and keep the fastest: for large catalogs; "
+                   "vectors within cosine 0.999 of the default. The first batch compiles (tens of seconds); where "
+                   "compiling fails it warns and runs the default model.")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON lines (when not writing --out).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
 @click.option("--shard", "shard_spec", metavar="K/N",
