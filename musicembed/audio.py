@@ -204,7 +204,8 @@ def _blocks_from_file(path: PathLike, sample_rate: int, block_seconds: float, *,
         total = 0
         while total < skip:  # reading, not seeking: the same frames (and errors) as one pass from the start
             try:
-                got = f.read(min(block, skip - total), dtype="float32", always_2d=True, out=buf[: min(block, skip - total)])
+                step = min(block, skip - total)
+                got = f.read(step, dtype="float32", always_2d=True, out=buf[:step])
             except (sf.LibsndfileError, RuntimeError) as e:
                 raise AudioError(name, f"decoding failed after {total / f.samplerate:.2f} s: {e}") from None
             if not len(got):
