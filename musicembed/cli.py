@@ -215,22 +215,41 @@ def _print_result(res, timestamps: bool, hierarchical: bool) -> None:
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest entries as JSON.")
 def models(as_json: bool) -> None:
-    """List the models of the weights manifest and whether each is available offline."""
+    """List the models of the weights manifest and whether each is available offline.
+
+    \b
+    Examples:
+      musicembed models
+      musicembed models --json
+    """
     from . import hub
 
     manifest = hub.read_manifest()["models"]
+
+    def status(name: str, e: dict) -> tuple[bool, str, str]:
+        """(available offline, where from, problem): a broken entry is listed, not fatal."""
+        try:
+            hubinfo = e.get("hub") or {}
+            where = "bundled" if hub.bundled_dir(e) else (hubinfo.get("repo_id") or "-")
+            return hub.available_offline(name), where, ""
+        except (MusicEmbedError, KeyError, TypeError) as err:
+            return False, "-", f"invalid manifest entry: {err}"
+
     if as_json:
-        click.echo(json.dumps({n: {**e, "offline": hub.available_offline(n)} for n, e in manifest.items()}, indent=2))
+        out = {}
+        for n, e in manifest.items():
+            offline, _, problem = status(n, e)
+            out[n] = {**e, "offline": offline, **({"error": problem} if problem else {})}
+        click.echo(json.dumps(out, indent=2))
         return
     if not manifest:
         click.echo("No models in the manifest. Load a local folder or hf-hub:<owner>/<repo> with --model.")
         return
     rows = [("name", "method", "dim", "rate", "offline", "source", "description")]
     for name, e in sorted(manifest.items()):
-        hubinfo = e.get("hub") or {}
-        where = "bundled" if hub.bundled_dir(e) else (hubinfo.get("repo_id") or "-")
+        offline, where, problem = status(name, e)
         rows.append((name, e.get("method", "?"), str(e.get("embedding_dim", "?")), str(e.get("sample_rate", "?")),
-                     "yes" if hub.available_offline(name) else "no", where, e.get("description", "")))
+                     "yes" if offline else "no", where, problem or e.get("description", "")))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
@@ -243,6 +262,11 @@ def download(name: str, force: bool) -> None:
     """Fetch a model's files into the Hugging Face cache (verifying sha256).
 
     NAME is a manifest name or hf-hub:<owner>/<repo>[@revision].
+
+    \b
+    Examples:
+      musicembed download mart
+      musicembed download hf-hub:owner/repo@v1.0
     """
     from . import hub
 
@@ -257,7 +281,13 @@ def download(name: str, force: bool) -> None:
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path, readable=False))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
 def info(paths: tuple[Path, ...], as_json: bool) -> None:
-    """Show duration, sample rate, channels and format of audio files."""
+    """Show duration, sample rate, channels and format of audio files.
+
+    \b
+    Examples:
+      musicembed info song.mp3
+      musicembed info a.flac b.ogg --json
+    """
     from dataclasses import asdict
 
     from .audio import info as audio_info
@@ -311,7 +341,13 @@ def convert_pemr_official(checkpoint: Path, out: Path) -> None:
 @click.option("--private", is_flag=True, help="Create the repository as private.")
 @click.option("--token", envvar="HF_TOKEN", help="Hub token (default: $HF_TOKEN or the stored login).")
 def publish(name: str, repo_id: str, private: bool, token: str | None) -> None:
-    """Upload a model (manifest name or local folder) to the Hugging Face Hub."""
+    """Upload a model (manifest name or local folder) to the Hugging Face Hub.
+
+    \b
+    Examples:
+      musicembed publish pemr --repo-id musicembed/pemr-fcn4-freemusic
+      musicembed publish runs/my-model --repo-id me/my-pemr --private
+    """
     from .embedder import load_model
 
     try:

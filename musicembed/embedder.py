@@ -25,9 +25,10 @@ from .errors import AudioError, MusicEmbedError
 from .inference import Prepared, prepare
 from .models import build_model
 
-# Windows per forward pass on CPU: small batches are fastest for these convnets (their
-# activations stay in cache); measured with benchmarks/throughput.py --cases ablation:
-# PEMR (3-s windows) peaks at 4, MART (4.1-s windows, 15 crops each) at 8.
+# Windows per forward pass on CPU (benchmarks/throughput.py --cases ablation, 2-core AVX2; 64 is
+# ~2x slower than the best for both models):
+# PEMR (3-s windows): 16 is fastest for the network alone but end to end no faster than 4
+# (decoding bounds it) and 4 needs ~100 MiB less; MART (4.1-s windows, 15 crops each) peaks at 8.
 DEFAULT_CPU_BATCH = 4
 DEFAULT_CPU_BATCH_BY_METHOD = {"pemr": 4, "mart": 8}
 DEFAULT_GPU_BATCH = 64

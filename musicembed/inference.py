@@ -87,6 +87,14 @@ def native_bf16(device: torch.device) -> bool:
     return any(bool(getattr(cpu, c, lambda: False)()) for c in checks) if cpu is not None else False
 
 
+# torch.compile (inductor, freezing) as a fast-mode candidate on CPU. Off: on the 2-core AVX2
+# machine of the README's table the compiled models were slower end to end than the folded
+# eager ones (PEMR 323x vs 590x realtime on a 10-min MP3, MART 31x vs 157x), although faster
+# on the isolated first batch that the pick times: the pick cannot see the decode threads and
+# thread settings of a real run. On CUDA it stays a candidate.
+COMPILE_ON_CPU = False
+
+
 def _has_conv(net: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in net.modules())
 
@@ -107,6 +115,13 @@ def prepare(net: nn.Module, device: torch.device, fast: bool = False) -> Prepare
     candidates = [(f"float32, {base}, not compiled", out, None)]
     if native_bf16(device):
         candidates.append((f"bfloat16 autocast, {base}, not compiled", out, torch.bfloat16))
+    if device.type == "cpu" and not COMPILE_ON_CPU:
+        if len(candidates) == 1:
+            return Prepared(out, None, ", ".join(steps) + " (fast mode: nothing measured faster on this CPU)")
+        prepared = Prepared(out, None, "")
+        prepared.net = _Fastest(candidates, prepared, device)
+        prepared.description = "fast: picked at the first batch among: " + "; ".join(c[0] for c in candidates)
+        return prepared
     prepared = Prepared(out, None, "")
     try:
         compiled = torch.compile(out, dynamic=False, options={"freezing": True})

@@ -108,6 +108,21 @@ def test_info_and_models(runner, audio_dir, tmp_path):
     assert r.exit_code == 0
 
 
+def test_models_lists_a_broken_manifest_entry_instead_of_failing(runner, monkeypatch):
+    from musicembed import hub
+
+    manifest = hub.read_manifest()
+    bad = dict(manifest["models"]["pemr"], bundled="../../outside")
+    monkeypatch.setattr(hub, "read_manifest", lambda: {**manifest, "models": {**manifest["models"], "evil": bad}})
+    r = runner.invoke(cli, ["models"])
+    assert r.exit_code == 0, r.output
+    line = next(x for x in r.stdout.splitlines() if x.startswith("evil"))
+    assert "invalid manifest entry" in line and "refusing file name" in line
+    assert any(x.startswith("pemr") and "bundled" in x for x in r.stdout.splitlines())
+    doc = json.loads(runner.invoke(cli, ["models", "--json"]).stdout)
+    assert doc["evil"]["offline"] is False and "refusing" in doc["evil"]["error"] and doc["pemr"]["offline"] is True
+
+
 def test_download_offline_fails_clearly(runner, tmp_path, monkeypatch):
     import huggingface_hub.constants as c
 
@@ -118,9 +133,12 @@ def test_download_offline_fails_clearly(runner, tmp_path, monkeypatch):
 
 
 def test_help_texts_show_examples(runner):
-    for cmd in (["--help"], ["embed", "--help"], ["convert", "pemr-official", "--help"]):
+    for cmd in (["--help"], ["embed", "--help"], ["convert", "pemr-official", "--help"], ["models", "--help"],
+                ["download", "--help"], ["info", "--help"], ["publish", "--help"], ["train", "pemr", "--help"],
+                ["train", "mart", "--help"], ["train", "export", "--help"], ["eval", "tagging", "--help"],
+                ["eval", "finetune", "--help"], ["eval", "covers", "--help"], ["eval", "free-music", "--help"]):
         r = runner.invoke(cli, cmd)
-        assert r.exit_code == 0 and "Example" in r.output
+        assert r.exit_code == 0 and "Example" in r.output, cmd
 
 
 def test_real_subprocess_on_mp3_and_ogg(pemr_dir, tmp_path):

@@ -76,7 +76,27 @@ def test_embed_uses_the_folded_copy_and_matches_the_plain_network(pemr_dir, musi
     assert model.fingerprint() == before
 
 
-def test_fast_mode_close_to_float32(pemr_dir, music):
+@pytest.fixture()
+def compile_on_cpu(monkeypatch):
+    """Let fast mode try torch.compile on this CPU (off by default there, see COMPILE_ON_CPU)."""
+    import musicembed.inference as inference
+
+    monkeypatch.setattr(inference, "COMPILE_ON_CPU", True)
+
+
+def test_fast_mode_without_a_faster_candidate_runs_the_default(pemr_dir, music, monkeypatch):
+    import musicembed.inference as inference
+
+    monkeypatch.setattr(inference, "COMPILE_ON_CPU", False)
+    monkeypatch.setattr(inference, "native_bf16", lambda device: False)
+    monkeypatch.setattr(torch, "compile", lambda *a, **k: pytest.fail("compiled on a CPU without COMPILE_ON_CPU"))
+    fast = load_model(pemr_dir, device="cpu", fast=True)
+    got = fast.embed(music)
+    assert fast.inference_mode.endswith("(fast mode: nothing measured faster on this CPU)")
+    np.testing.assert_array_equal(got, load_model(pemr_dir, device="cpu").embed(music))
+
+
+def test_fast_mode_close_to_float32(pemr_dir, music, compile_on_cpu):
     default = load_model(pemr_dir, device="cpu")
     fast = load_model(pemr_dir, device="cpu", fast=True)
     with warnings.catch_warnings():
@@ -91,7 +111,7 @@ def test_fast_mode_close_to_float32(pemr_dir, music):
         assert "bfloat16" not in fast.inference_mode  # emulated bfloat16 is slower: never chosen
 
 
-def test_fast_mode_falls_back_when_compiling_fails(pemr_dir, music, monkeypatch):
+def test_fast_mode_falls_back_when_compiling_fails(pemr_dir, music, monkeypatch, compile_on_cpu):
     def broken_compile(module, **kwargs):
         def run(x):
             raise RuntimeError("no C++ compiler found")
@@ -170,7 +190,7 @@ def test_copy_shares_the_weights_it_does_not_change(mart_dir):
     assert isinstance(model.net.encoder.blocks[0][1], nn.BatchNorm2d)  # the original keeps its BatchNorm
 
 
-def test_cli_fast_flag(pemr_dir, music, monkeypatch):
+def test_cli_fast_flag(pemr_dir, music, monkeypatch, compile_on_cpu):
     import json
 
     from click.testing import CliRunner
@@ -184,7 +204,7 @@ def test_cli_fast_flag(pemr_dir, music, monkeypatch):
     np.testing.assert_allclose(got, load_model(pemr_dir, device="cpu").embed(music), rtol=1e-5, atol=1e-6)
 
 
-def test_fast_mode_keeps_the_faster_model(pemr_dir, music, monkeypatch):
+def test_fast_mode_keeps_the_faster_model(pemr_dir, music, monkeypatch, compile_on_cpu):
     """The pick is measured: a 'compiled' model that is slower than eager is not used."""
     import time
 

@@ -121,7 +121,15 @@ def train_command() -> None:
 @click.option("--bt-lambda", default=5e-3, show_default=True, type=float,
               help="Barlow Twins off-diagonal and negative-diagonal weight.")
 def pemr_command(mask: str, ratio: float, pred_weight: float, bt_lambda: float, **params: Any) -> None:
-    """Pre-train PEMR (positive-negative frame masks, Barlow Twins)."""
+    """Pre-train PEMR (positive-negative frame masks, Barlow Twins).
+
+    \b
+    Examples:
+      musicembed train pemr --data music/ --out runs/pemr
+      musicembed train pemr --data manifest.csv --split train --out runs/pemr --steps 2000
+      musicembed train pemr --data music/ --out runs/pemr --resume
+      musicembed train pemr --data music/ --out runs/bt --mask none
+    """
     _run("pemr", params, _given(mask=mask, ratio=ratio, pred_weight=pred_weight, bt_lambda=bt_lambda))
 
 
@@ -133,7 +141,14 @@ def pemr_command(mask: str, ratio: float, pred_weight: float, bt_lambda: float, 
 @click.option("--tau", default=0.1, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Contrastive temperature.")
 def mart_command(pwt: bool, hcl: bool, tau: float, **params: Any) -> None:
-    """Pre-train MART (hierarchical crops, part-whole transformer, hierarchical contrastive loss)."""
+    """Pre-train MART (hierarchical crops, part-whole transformer, hierarchical contrastive loss).
+
+    \b
+    Examples:
+      musicembed train mart --data music/ --out runs/mart --crop-seconds 4.096
+      musicembed train mart --data music/ --out runs/mart-nopwt --no-pwt
+      musicembed train mart --data music/ --out runs/mart-nohcl --no-hcl
+    """
     if not pwt:
         params["configs"] = (*params["configs"], '{"mart": {"use_pwt": false}}')
     objective = _given(tau=tau)
@@ -148,7 +163,13 @@ def mart_command(pwt: bool, hcl: bool, tau: float, **params: Any) -> None:
 @click.option("--checkpoint", default=None, type=click.Path(exists=True, file_okay=False),
               help="A checkpoint folder of the run [default: the newest].")
 def export_command(run_dir: str, out: str, checkpoint: str | None) -> None:
-    """Write a run's encoder as config.json + model.safetensors (load with musicembed.load_model(OUT))."""
+    """Write a run's encoder as config.json + model.safetensors (load with musicembed.load_model(OUT)).
+
+    \b
+    Examples:
+      musicembed train export runs/pemr --out models/pemr
+      musicembed embed song.mp3 --model models/pemr
+    """
     from .loop import export
 
     try:

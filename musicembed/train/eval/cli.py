@@ -89,7 +89,13 @@ def eval_command() -> None:
 @seed_option
 def tagging(dataset: str, root: Path, model: str, probes: tuple[str, ...], out: Path, cache: Path | None,
             device: str | None, seed: int) -> None:
-    """Frozen-embedding probes on MagnaTagATune or GTZAN (train / early-stop on valid / test)."""
+    """Frozen-embedding probes on MagnaTagATune or GTZAN (train / early-stop on valid / test).
+
+    \b
+    Examples:
+      musicembed eval tagging --dataset mtat --root data/mtat --model pemr
+      musicembed eval tagging --dataset gtzan --root data/gtzan --model models/mart --probe linear --probe mlp
+    """
     with _user_errors():
         items, task = _tagging_items(dataset, root)
         system = load_system(model, device=device)
@@ -122,7 +128,13 @@ def tagging(dataset: str, root: Path, model: str, probes: tuple[str, ...], out: 
 @seed_option
 def finetune_cmd(dataset: str, root: Path, model: str, fraction: float, epochs: int, batch_size: int, lr: float,
                  out: Path, device: str | None, seed: int) -> None:
-    """Fine-tune encoder + linear head on a stratified FRACTION of the training labels."""
+    """Fine-tune encoder + linear head on a stratified FRACTION of the training labels.
+
+    \b
+    Examples:
+      musicembed eval finetune --dataset gtzan --root data/gtzan --model pemr --fraction 0.1
+      musicembed eval finetune --dataset gtzan --root data/gtzan --model random:pemr
+    """
     with _user_errors():
         items, task = _tagging_items(dataset, root)
         factory, rate, window = model_encoder_factory(model)
@@ -166,7 +178,13 @@ def _cover_items(dataset: str, root: Path, split: str, list_file: Path | None,
 @device_option
 def covers(dataset: str, root: Path, model: str, split: str, list_file: Path | None, allow_missing: bool, out: Path,
            cache: Path | None, device: str | None) -> None:
-    """Cover-song identification: MAP, P@10, MR1 ranking all other recordings by cosine similarity."""
+    """Cover-song identification: MAP, P@10, MR1 ranking all other recordings by cosine similarity.
+
+    \b
+    Examples:
+      musicembed eval covers --dataset covers80 --root data/covers80 --model pemr
+      musicembed eval covers --dataset shs100k-sub --root data/shs --model mart --allow-missing
+    """
     with _user_errors():
         items = _cover_items(dataset, root, split, list_file, allow_missing)
         system = load_system(model, device=device)
@@ -202,7 +220,13 @@ def free_music(data_dir: Path, systems: tuple[str, ...], out: Path, excerpt_seco
                min_excerpt_seconds: float, classify_seconds: float, max_train_per_source: int, device: str | None,
                seed: int) -> None:
     """Same-track retrieval, synthetic covers, source classification and the covariance
-    spectrum on the validation split, for every system in one run (markdown + JSON)."""
+    spectrum on the validation split, for every system in one run (markdown + JSON).
+
+    \b
+    Examples:
+      musicembed eval free-music --data data/free_music --system pemr --system mfcc --system random:pemr
+      musicembed eval free-music --data data/free_music --system models/mart --max-train-per-source 10 --classify-seconds 10
+    """
     with _user_errors():
         cfg = FreeMusicConfig(excerpt_seconds=excerpt_seconds, min_excerpt_seconds=min_excerpt_seconds,
                               classify_seconds=classify_seconds or None, max_train_per_source=max_train_per_source,
