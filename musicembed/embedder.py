@@ -25,8 +25,8 @@ from .errors import AudioError, MusicEmbedError
 from .inference import Prepared, prepare
 from .models import build_model
 
-# Windows per forward pass on CPU (benchmarks/throughput.py --cases ablation, 2-core AVX2; 64 is
-# ~2x slower than the best for both models):
+# Windows per forward pass on CPU (benchmarks/throughput.py --cases ablation, 2-core AVX2;
+# batch 64 is 2x slower than the best for PEMR, 1.2x for MART):
 # PEMR (3-s windows): 16 is fastest for the network alone but end to end no faster than 4
 # (decoding bounds it) and 4 needs ~100 MiB less; MART (4.1-s windows, 15 crops each) peaks at 8.
 DEFAULT_CPU_BATCH = 4
