@@ -13,7 +13,11 @@ OUT_DIR/manifest.csv lists every file (path, source, licence, duration_s, split,
 with a seeded train/val split by track, stratified per source. Each validation music21
 work is rendered again as three "covers" (other program, other soundfont, other tempo and
 key) under OUT_DIR/covers/<track_id>/v{1,2,3}.flac, listed with the original (version 0)
-in OUT_DIR/covers.csv. Works or files that fail are logged and listed in
+in OUT_DIR/covers.csv. Each train music21 work is rendered in ``--train-versions`` more
+versions the same way (other seeds, so no train version equals a validation cover) under
+OUT_DIR/versions/<track_id>/v<k>.flac; OUT_DIR/train.csv lists the manifest's train rows
+plus these versions under their work's track_id, so training can pair two renders of one
+score as a positive pair. Works or files that fail are logged and listed in
 OUT_DIR/skipped.csv. Reruns keep every file already written.
 """
 
@@ -693,6 +697,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of work choice, rendering and split (default 0)")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="share of each source's tracks in val")
     parser.add_argument("--max-works", type=int, default=None, help="at most this many works per corpus part")
+    parser.add_argument("--train-versions", type=int, default=1, choices=range(COVER_VERSIONS + 1),
+                        metavar=f"0..{COVER_VERSIONS}", help="extra renders of each train music21 work (default 1)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     warnings.filterwarnings("ignore")
@@ -749,11 +755,37 @@ def main(argv: list[str] | None = None) -> int:
     run_all(cover_todo, args.jobs, record)
     cover_rows = [r for r in cover_rows if r["path"] in durations]
     write_csv(out / "covers.csv", COVERS_COLUMNS, cover_rows)
+
+    sf_licences = {name: debian_licence(pkg, path) for name, (pkg, path) in SOUNDFONTS.items()}
+    version_rows: list[dict[str, str]] = []
+    version_todo: list[tuple[str, DebianJob | Music21Job | CoverJob]] = []
+    for e in kept:
+        if split[e.track_id] != "train" or not isinstance(e.job, Music21Job):
+            continue
+        part = e.source.removeprefix("music21:")
+        # Seeded apart from the covers' parameters: render_params of another key.
+        for version, params in enumerate(render_params(args.seed, f"train:{e.track_id}")[1:][: args.train_versions], 1):
+            rel = f"versions/{e.track_id}/v{version}.flac"
+            version_rows.append({"path": rel, "source": e.source, "split": "train", "track_id": e.track_id,
+                                 "licence": music21_licence(part, Path(e.job.score_file), params.soundfont, sf_licences)})
+            known = existing_duration(out / rel)
+            if known is not None:
+                durations[rel] = known
+            else:
+                version_todo.append((rel, CoverJob(e.job.midi, out / rel, params)))
+    LOG.info("train versions: %d to render", len(version_todo))
+    run_all(version_todo, args.jobs, record)
+    version_rows = [dict(r, duration_s=f"{durations[r['path']]:.3f}") for r in version_rows if r["path"] in durations]
+    write_csv(out / "train.csv", MANIFEST_COLUMNS, [r for r in manifest if r["split"] == "train"] + version_rows)
     write_csv(out / "skipped.csv", ("path", "reason"), skipped)
 
     cover_hours = sum(durations[r["path"]] for r in cover_rows if r["version"] != "0") / 3600
+    version_hours = sum(float(r["duration_s"]) for r in version_rows) / 3600
     print(summary(manifest, cover_rows, cover_hours, len(skipped)))
-    print(f"elapsed {(time.monotonic() - start) / 60:.1f} min; wrote {out / 'manifest.csv'}, {out / 'covers.csv'}")
+    print(f"train versions: {len(version_rows)} renders of {len({r['track_id'] for r in version_rows})} works "
+          f"({version_hours:.2f} h)")
+    print(f"elapsed {(time.monotonic() - start) / 60:.1f} min; wrote {out / 'manifest.csv'}, {out / 'covers.csv'}, "
+          f"{out / 'train.csv'}")
     return 0
 
 

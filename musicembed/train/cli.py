@@ -19,7 +19,8 @@ SCHEDULE_OPTIONS = ("epochs", "steps", "workers", "checkpoint_every", "keep_chec
 def _common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option("--data", help="Audio folder (searched recursively), text list of paths, or CSV manifest "
-                                    "with a 'path' column."),
+                                    "with a 'path' column; manifest rows sharing a 'track_id' are versions of one "
+                                    "piece, and a positive pair then takes its two views from two of them."),
         click.option("--split", default=None, help="Use only the manifest rows whose 'split' column has this value."),
         click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Run folder."),
         click.option("--epochs", default=300, show_default=True, type=click.IntRange(min=1)),

@@ -40,16 +40,18 @@ def default_cache_dir() -> Path:
     return Path(base) / "train-audio"
 
 
-def list_tracks(source: str | os.PathLike, split: str | None = None) -> list[Path]:
-    """Audio files of a folder (recursive), a text list (one path per line, '#' comments) or a CSV
-    manifest with a ``path`` column (and a ``split`` column when ``split`` is given). Relative
-    paths in lists are relative to the list file's folder."""
+def list_tracks(source: str | os.PathLike, split: str | None = None) -> list[list[Path]]:
+    """Pieces to train on, each a list of its recordings ("versions"): the audio files of a folder
+    (recursive) or a text list (one path per line, '#' comments) are one piece each; in a CSV
+    manifest with a ``path`` column (and a ``split`` column when ``split`` is given), rows that
+    share a ``track_id`` value are versions of one piece (covers, other renders of one score).
+    Relative paths in lists are relative to the list file's folder."""
     src = Path(source)
     if src.is_dir():
         files, problems = find_audio_files([src], recursive=True)
         if problems:
             raise ValueError("; ".join(f"{p}: {why}" for p, why in problems))
-        return files
+        return [[f] for f in files]
     if not src.is_file():
         raise ValueError(f"{src}: no such folder or list file")
     if src.suffix.lower() == ".csv":
@@ -61,16 +63,19 @@ def list_tracks(source: str | os.PathLike, split: str | None = None) -> list[Pat
             if rows and "split" not in rows[0]:
                 raise ValueError(f"{src}: --split given but the manifest has no 'split' column")
             rows = [r for r in rows if r["split"] == split]
-        names = [r["path"] for r in rows]
+        keyed = [(r["path"], r.get("track_id") or f"row {i}") for i, r in enumerate(rows)]
     else:
         if split is not None:
             raise ValueError("--split needs a CSV manifest with a 'split' column")
         lines = (line.strip() for line in src.read_text().splitlines())
-        names = [line for line in lines if line and not line.startswith("#")]
-    files = [p if p.is_absolute() else src.parent / p for p in map(Path, names)]
-    if not files:
+        keyed = [(line, f"row {i}") for i, line in enumerate(lines) if line and not line.startswith("#")]
+    pieces: dict[str, list[Path]] = {}
+    for name, key in keyed:
+        path = Path(name)
+        pieces.setdefault(key, []).append(path if path.is_absolute() else src.parent / path)
+    if not pieces:
         raise ValueError(f"{src}: lists no audio files" + (f" in split {split!r}" if split else ""))
-    return files
+    return list(pieces.values())
 
 
 def cache_key(path: Path, sample_rate: int) -> str:
@@ -107,9 +112,9 @@ def _report(results: Iterator[tuple[Path, str | None]], bar: tqdm) -> set[Path]:
 
 def build_cache(
     files: list[Path], cache_dir: Path, sample_rate: int, workers: int = 1, progress: bool = True
-) -> list[Path]:
-    """Decode the files not cached yet (in ``workers`` processes); return the cache files of all
-    readable tracks, in input order. Unreadable files are skipped with a warning."""
+) -> dict[Path, Path]:
+    """Decode the files not cached yet (in ``workers`` processes); return {audio file: cache file}
+    of all readable files, in input order. Unreadable files are skipped with a warning."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     targets: dict[Path, Path] = {}
     for p in files:
@@ -129,7 +134,14 @@ def build_cache(
         else:
             failed = _report(((t, _decode_to_cache(p, t, sample_rate)) for p, t in todo), bar)
         bar.close()
-    return [t for t in targets.values() if t not in failed]
+    return {p: t for p, t in targets.items() if t not in failed}
+
+
+def cached_pieces(pieces: list[list[Path]], cache: dict[Path, Path]) -> list[list[Path]]:
+    """``pieces`` with each audio file replaced by its cache file; unreadable files are dropped,
+    and so are pieces left without any."""
+    kept = ([cache[p] for p in versions if p in cache] for versions in pieces)
+    return [versions for versions in kept if versions]
 
 
 def read_crop(track: np.ndarray, start: int, length: int) -> np.ndarray:
@@ -142,16 +154,18 @@ def read_crop(track: np.ndarray, start: int, length: int) -> np.ndarray:
 
 
 class CropDataset(Dataset):
-    """Item i: ``views`` random crops (views, crop_samples) float32 of cached track i.
+    """Item i: ``views`` random crops (views, crop_samples) float32 of cached piece i.
 
-    Crops are drawn independently and uniformly inside the track (tracks shorter than a crop
-    are zero-padded). Call :meth:`set_epoch` before each epoch for new positions.
+    A piece is a list of cached recordings (versions of one piece of music). Each view comes
+    from a version of its own while there are enough (so a pair of a piece with two renders
+    is always cross-version), and from a uniform random position inside it (recordings shorter
+    than a crop are zero-padded). Call :meth:`set_epoch` before each epoch for new positions.
     """
 
-    def __init__(self, tracks: list[Path], crop_samples: int, views: int = 2, seed: int = 0) -> None:
-        if not tracks:
+    def __init__(self, pieces: list[list[Path]], crop_samples: int, views: int = 2, seed: int = 0) -> None:
+        if not pieces:
             raise ValueError("no readable tracks to train on")
-        self.tracks = tracks
+        self.pieces = pieces
         self.crop_samples = crop_samples
         self.views = views
         self.seed = seed
@@ -161,14 +175,22 @@ class CropDataset(Dataset):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.tracks)
+        return len(self.pieces)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        track = np.load(self.tracks[index], mmap_mode="r")
         rng = np.random.default_rng((self.seed, self.epoch, index))
-        room = max(len(track) - self.crop_samples, 0)
-        starts = rng.integers(0, room + 1, size=self.views)
-        return torch.from_numpy(np.stack([read_crop(track, int(s), self.crop_samples) for s in starts]))
+        versions = self.pieces[index]
+        if len(versions) == 1:
+            chosen = [0] * self.views
+        else:
+            chosen = rng.permutation(len(versions))[: self.views].tolist()
+            chosen += rng.integers(0, len(versions), size=self.views - len(chosen)).tolist()
+        tracks = {v: np.load(versions[v], mmap_mode="r") for v in set(chosen)}
+        crops = []
+        for v in chosen:
+            room = max(len(tracks[v]) - self.crop_samples, 0)
+            crops.append(read_crop(tracks[v], int(rng.integers(0, room + 1)), self.crop_samples))
+        return torch.from_numpy(np.stack(crops))
 
 
 class ResumableSampler(Sampler[int]):
@@ -233,16 +255,16 @@ class EpochLoader:
 
 
 def make_loader(
-    tracks: list[Path], crop_samples: int, views: int, batch_size: int, workers: int, seed: int,
+    pieces: list[list[Path]], crop_samples: int, views: int, batch_size: int, workers: int, seed: int,
     rank: int = 0, world: int = 1, pin_memory: bool = False,
 ) -> EpochLoader:
-    """An :class:`EpochLoader` over cached tracks; raises if one rank's share is under one batch."""
-    dataset = CropDataset(tracks, crop_samples, views, seed)
+    """An :class:`EpochLoader` over cached pieces; raises if one rank's share is under one batch."""
+    dataset = CropDataset(pieces, crop_samples, views, seed)
     loader = EpochLoader(dataset, ResumableSampler(len(dataset), rank, world, seed), batch_size, workers, seed,
                          pin_memory)
     if loader.steps_per_epoch == 0:
         raise ValueError(
-            f"{len(tracks)} tracks over {world} process(es) give less than one batch of {batch_size}; "
+            f"{len(pieces)} tracks over {world} process(es) give less than one batch of {batch_size}; "
             "lower --batch-size or add tracks"
         )
     return loader

@@ -37,7 +37,7 @@ from tqdm import tqdm
 from ..hub import save_pretrained
 from . import distributed
 from .augment import AugmentConfig, Augmenter
-from .data import build_cache, default_cache_dir, list_tracks, make_loader
+from .data import build_cache, cached_pieces, default_cache_dir, list_tracks, make_loader
 from .objectives import build_objective
 from .runconfig import TrainConfig
 
@@ -197,14 +197,15 @@ def _train(cfg: TrainConfig, resume: bool, info: distributed.DistInfo, device: t
 
     augmenter = Augmenter(AugmentConfig.from_dict(cfg.augment), model_cfg.sample_rate)
     window = model_cfg.window_samples
-    files = list_tracks(cfg.data, cfg.split)
+    pieces = list_tracks(cfg.data, cfg.split)
+    files = [f for versions in pieces for f in versions]
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
     if info.local_rank == 0:
         build_cache(files, cache_dir, model_cfg.sample_rate, cfg.workers, progress=cfg.progress and info.main)
     distributed.barrier()
-    tracks = build_cache(files, cache_dir, model_cfg.sample_rate, cfg.workers, progress=False)
-    loader = make_loader(tracks, augmenter.in_samples(window), 2, cfg.batch_size, cfg.workers, cfg.seed,
-                         info.rank, info.world, pin_memory=device.type == "cuda")
+    cache = build_cache(files, cache_dir, model_cfg.sample_rate, cfg.workers, progress=False)
+    loader = make_loader(cached_pieces(pieces, cache), augmenter.in_samples(window), 2, cfg.batch_size, cfg.workers,
+                         cfg.seed, info.rank, info.world, pin_memory=device.type == "cuda")
 
     torch.manual_seed(cfg.seed)
     objective = build_objective(model_cfg, cfg.objective).to(device)

@@ -10,21 +10,65 @@ import pytest
 import torch
 from train_helpers import write_tracks
 
-from musicembed.train.data import CropDataset, ResumableSampler, build_cache, cache_key, list_tracks, make_loader
+from musicembed.train.data import (
+    CropDataset,
+    ResumableSampler,
+    build_cache,
+    cache_key,
+    cached_pieces,
+    list_tracks,
+    make_loader,
+)
+
+
+def singles(folder: Path, cache_dir: Path) -> list[list[Path]]:
+    """Cached one-version pieces of every file in ``folder``."""
+    pieces = list_tracks(folder)
+    return cached_pieces(pieces, build_cache([p for [p] in pieces], cache_dir, 16000, progress=False))
 
 
 def test_list_tracks_from_folder_list_and_manifest(audio_dir: Path, tmp_path: Path) -> None:
-    files = list_tracks(audio_dir)
+    pieces = list_tracks(audio_dir)
+    files = [p for [p] in pieces]
     assert len(files) == 8 and files == sorted(files)
     listing = tmp_path / "files.txt"
     listing.write_text(f"# two tracks\n{files[0]}\n\n{files[1]}\n")
-    assert list_tracks(listing) == files[:2]
+    assert list_tracks(listing) == pieces[:2]
     manifest = tmp_path / "manifest.csv"
     rows = [f"{os.path.relpath(p, tmp_path)},{'train' if i % 2 else 'test'}" for i, p in enumerate(files)]
     manifest.write_text("path,split\n" + "\n".join(rows) + "\n")
-    assert [p.resolve() for p in list_tracks(manifest, "train")] == files[1::2]
+    assert [[p.resolve() for p in v] for v in list_tracks(manifest, "train")] == pieces[1::2]
     with pytest.raises(ValueError, match="split"):
         list_tracks(listing, "train")
+
+
+def test_manifest_rows_sharing_a_track_id_are_versions_of_one_piece(audio_dir: Path, tmp_path: Path) -> None:
+    files = [p for [p] in list_tracks(audio_dir)]
+    manifest = tmp_path / "versions.csv"
+    ids = ["a", "b", "a", "c", "a", "b", "", ""]  # an empty track_id leaves the row on its own
+    manifest.write_text("path,track_id\n" + "".join(f"{p},{t}\n" for p, t in zip(files, ids)))
+    pieces = list_tracks(manifest)
+    assert pieces == [[files[0], files[2], files[4]], [files[1], files[5]], [files[3]], [files[6]], [files[7]]]
+    cache = build_cache(files, tmp_path / "cache", 16000, progress=False)
+    cached = cached_pieces(pieces, cache)
+    assert cached[0] == [cache[files[0]], cache[files[2]], cache[files[4]]]
+    assert cached_pieces([[tmp_path / "gone.wav"], [files[0]]], cache) == [[cache[files[0]]]]
+
+    # Each view of a piece comes from its own version while there are enough of them.
+    pcm = {c: np.lib.stride_tricks.sliding_window_view(np.load(c), 100) for c in cache.values()}
+
+    def version_of(crop: torch.Tensor, candidates: list[Path]) -> Path:
+        head = np.round(crop[:100].numpy() * 32767).astype(np.int16)
+        found = [c for c in candidates if (pcm[c] == head).all(axis=1).any()]
+        assert len(found) == 1
+        return found[0]
+
+    for epoch in range(3):
+        ds = CropDataset(cached, 4000, views=2, seed=epoch)
+        pair = ds[1]
+        assert {version_of(v, cached[1]) for v in pair} == set(cached[1])
+        trio = CropDataset(cached, 4000, views=3, seed=epoch)[0]
+        assert {version_of(v, cached[0]) for v in trio} == set(cached[0])
 
 
 def test_cache_decodes_once_and_notices_changes(tmp_path: Path) -> None:
@@ -33,13 +77,14 @@ def test_cache_decodes_once_and_notices_changes(tmp_path: Path) -> None:
     bad.write_bytes(b"not audio at all")
     cache = tmp_path / "cache"
     with pytest.warns(UserWarning, match="broken.wav"):
-        tracks = build_cache([*files, bad], cache, 16000, workers=1, progress=False)
+        tracks = list(build_cache([*files, bad], cache, 16000, workers=1, progress=False).values())
     assert len(tracks) == 2
     pcm = np.load(tracks[0], mmap_mode="r")
     assert pcm.dtype == np.int16 and abs(len(pcm) - 1.5 * 16000) < 2
     stamp = tracks[0].stat().st_mtime_ns
-    assert build_cache(files, cache, 16000, progress=False) == tracks and tracks[0].stat().st_mtime_ns == stamp
-    parallel = build_cache(files, tmp_path / "cache2", 16000, workers=2, progress=False)
+    assert list(build_cache(files, cache, 16000, progress=False).values()) == tracks
+    assert tracks[0].stat().st_mtime_ns == stamp
+    parallel = build_cache(files, tmp_path / "cache2", 16000, workers=2, progress=False).values()
     assert [np.array_equal(np.load(a), np.load(b)) for a, b in zip(tracks, parallel)] == [True, True]
     os.utime(files[0], ns=(1, 1))
     assert cache_key(files[0], 16000) != tracks[0].stem
@@ -47,7 +92,7 @@ def test_cache_decodes_once_and_notices_changes(tmp_path: Path) -> None:
 
 
 def test_crops_depend_only_on_seed_epoch_and_index(audio_dir: Path, cache_dir: Path) -> None:
-    tracks = build_cache(list_tracks(audio_dir), cache_dir, 16000, progress=False)
+    tracks = singles(audio_dir, cache_dir)
     ds = CropDataset(tracks, 4000, views=2, seed=3)
     first = ds[1]
     assert first.shape == (2, 4000) and first.dtype == torch.float32
@@ -60,7 +105,7 @@ def test_crops_depend_only_on_seed_epoch_and_index(audio_dir: Path, cache_dir: P
 
 
 def test_loader_batches_are_the_same_with_workers(audio_dir: Path, cache_dir: Path) -> None:
-    tracks = build_cache(list_tracks(audio_dir), cache_dir, 16000, progress=False)
+    tracks = singles(audio_dir, cache_dir)
     serial = make_loader(tracks, 2000, 2, batch_size=3, workers=0, seed=1)
     parallel = make_loader(tracks, 2000, 2, batch_size=3, workers=2, seed=1)
     assert serial.steps_per_epoch == 2  # 8 tracks, drop_last
