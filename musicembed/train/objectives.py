@@ -50,12 +50,18 @@ class PEMRObjectiveConfig:
 @dataclass
 class MARTObjectiveConfig:
     """MART's loss: temperature tau, hierarchical part-whole term on/off ('w/o HCL' sets it off),
-    head hidden/output widths. The 'w/o PWT' switch is ``ModelConfig.mart.use_pwt``."""
+    ``pw_weight`` scaling every lambda_i of the part-whole term (1 = the paper), head
+    hidden/output widths. The 'w/o PWT' switch is ``ModelConfig.mart.use_pwt``."""
 
     tau: float = 0.1
     hierarchical: bool = True
+    pw_weight: float = 1.0
     head_hidden: int = 512
     projection_dim: int = 256
+
+    def __post_init__(self) -> None:
+        if not self.pw_weight > 0:
+            raise ValueError(f"pw_weight must be > 0 (use hierarchical: false to drop the term), got {self.pw_weight}")
 
 
 def projector(dim: int, hidden: int, out: int, bias: bool) -> nn.Sequential:
@@ -116,7 +122,7 @@ class MARTObjective(nn.Module):
         self.head = projector(cfg.embedding_dim, obj.head_hidden, obj.projection_dim, bias=True)
         self.parts = cfg.mart.parts
         lengths = [cfg.window_samples // cfg.mart.parts**n for n in range(cfg.mart.levels)]
-        self.lambdas = [lengths[i + 1] / lengths[i] for i in range(len(lengths) - 1)]
+        self.lambdas = [obj.pw_weight * lengths[i + 1] / lengths[i] for i in range(len(lengths) - 1)]
 
     def forward(self, views: torch.Tensor) -> dict[str, torch.Tensor]:
         b = views.shape[0]

@@ -5,10 +5,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
+from audio_fixtures import tiny_mart_config
 
 from musicembed.models.pemr_masks import MaskGenerator, lowest_frames
 from musicembed.train.losses import barlow_twins, mart_loss, negative_diagonal
+from musicembed.train.objectives import build_objective
 
 
 def _standardize(z: np.ndarray) -> np.ndarray:
@@ -131,3 +134,19 @@ def test_prediction_loss_trains_the_transformer() -> None:
     loss.backward()
     assert loss.item() > 0
     assert gen.cls.grad is not None and gen.layers[0].attn.q.weight.grad.abs().sum() > 0
+
+
+def test_mart_pw_weight_scales_the_part_whole_lambdas() -> None:
+    cfg = tiny_mart_config()
+    paper = build_objective(cfg, {})
+    scaled = build_objective(cfg, {"pw_weight": 0.01})
+    assert scaled.lambdas == pytest.approx([0.01 * x for x in paper.lambdas]) and paper.lambdas[0] == 0.5
+    with pytest.raises(ValueError, match="pw_weight"):
+        build_objective(cfg, {"pw_weight": 0.0})
+    # A smaller part-whole weight leaves more of the loss to the contrastive term.
+    g = torch.Generator().manual_seed(3)
+    hat = [torch.randn(4, 2**n, 8, generator=g, dtype=torch.float64) for n in range(3)]
+    tilde0 = torch.randn(4, 8, generator=g, dtype=torch.float64)
+    losses = [mart_loss(hat, tilde0, 0.1, 2, [w * 0.5] * 2).item() for w in (1.0, 0.01)]
+    plain = mart_loss(hat, tilde0, 0.1, 2, [0.5] * 2, hierarchical=False).item()
+    assert losses[0] < losses[1] < plain
