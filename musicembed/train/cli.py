@@ -141,7 +141,9 @@ def pemr_command(mask: str, ratio: float, pred_weight: float, bt_lambda: float, 
               help="Hierarchical part-whole loss term ('w/o HCL': --no-hcl).")
 @click.option("--tau", default=0.1, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Contrastive temperature.")
-def mart_command(pwt: bool, hcl: bool, tau: float, **params: Any) -> None:
+@click.option("--pw-weight", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Scale of the part-whole term's lambdas (1 = the paper; the bundled model used 0.01).")
+def mart_command(pwt: bool, hcl: bool, tau: float, pw_weight: float, **params: Any) -> None:
     """Pre-train MART (hierarchical crops, part-whole transformer, hierarchical contrastive loss).
 
     \b
@@ -149,10 +151,11 @@ def mart_command(pwt: bool, hcl: bool, tau: float, **params: Any) -> None:
       musicembed train mart --data music/ --out runs/mart --crop-seconds 4.096
       musicembed train mart --data music/ --out runs/mart-nopwt --no-pwt
       musicembed train mart --data music/ --out runs/mart-nohcl --no-hcl
+      musicembed train mart --data music/ --out runs/mart-pw --pw-weight 0.01
     """
     if not pwt:
         params["configs"] = (*params["configs"], '{"mart": {"use_pwt": false}}')
-    objective = _given(tau=tau)
+    objective = _given(tau=tau, pw_weight=pw_weight)
     if not hcl:
         objective["hierarchical"] = False
     _run("mart", params, objective)

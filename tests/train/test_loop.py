@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import threading
@@ -33,7 +34,7 @@ def invoke(*args: str) -> str:
 @pytest.mark.parametrize(
     ("method", "extra"),
     [("pemr", []), ("pemr", ["--mask", "none"]), ("pemr", ["--mask", "pos", "--ratio", "0.3"]), ("mart", []),
-     ("mart", ["--no-pwt", "--no-hcl"])],
+     ("mart", ["--no-pwt", "--no-hcl"]), ("mart", ["--pw-weight", "0.01"])],
 )
 def test_train_export_load_embed(method: str, extra: list[str], audio_dir: Path, cache_dir: Path,
                                  tmp_path: Path) -> None:
@@ -42,6 +43,9 @@ def test_train_export_load_embed(method: str, extra: list[str], audio_dir: Path,
            "--batch-size", "4", "--workers", "0", "--cache-dir", str(cache_dir), "--no-progress", *extra)
     rows = losses(run)
     assert [s for s, _ in rows] == [1, 2, 3] and all(np.isfinite(v) for _, v in rows)
+    if method == "mart":
+        objective = json.loads((run / "run.json").read_text())["objective"]
+        assert objective["pw_weight"] == (0.01 if "--pw-weight" in extra else 1.0)
     invoke("export", str(run), "--out", str(model_dir))
     model = musicembed.load_model(str(model_dir))
     vec = model.embed(str(sorted(audio_dir.iterdir())[0]))
