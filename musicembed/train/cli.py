@@ -142,8 +142,10 @@ def pemr_command(mask: str, ratio: float, pred_weight: float, bt_lambda: float, 
 @click.option("--tau", default=0.1, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Contrastive temperature.")
 @click.option("--pw-weight", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
-              help="Scale of the part-whole term's lambdas (1 = the paper; the bundled model used 0.01).")
-def mart_command(pwt: bool, hcl: bool, tau: float, pw_weight: float, **params: Any) -> None:
+              help="Scale of the part-whole term's lambdas (1 = the paper).")
+@click.option("--positives", default="joint", show_default=True, type=click.Choice(["joint", "separate"]),
+              help="joint: the paper's one log over all positives; separate: one log term per positive.")
+def mart_command(pwt: bool, hcl: bool, tau: float, pw_weight: float, positives: str, **params: Any) -> None:
     """Pre-train MART (hierarchical crops, part-whole transformer, hierarchical contrastive loss).
 
     \b
@@ -152,10 +154,11 @@ def mart_command(pwt: bool, hcl: bool, tau: float, pw_weight: float, **params: A
       musicembed train mart --data music/ --out runs/mart-nopwt --no-pwt
       musicembed train mart --data music/ --out runs/mart-nohcl --no-hcl
       musicembed train mart --data music/ --out runs/mart-pw --pw-weight 0.01
+      musicembed train mart --data music/ --out runs/mart-sep --positives separate
     """
     if not pwt:
         params["configs"] = (*params["configs"], '{"mart": {"use_pwt": false}}')
-    objective = _given(tau=tau, pw_weight=pw_weight)
+    objective = _given(tau=tau, pw_weight=pw_weight, positives=positives)
     if not hcl:
         objective["hierarchical"] = False
     _run("mart", params, objective)

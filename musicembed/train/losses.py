@@ -60,6 +60,7 @@ def mart_loss(
     parts: int,
     lambdas: list[float],
     hierarchical: bool = True,
+    separate: bool = False,
 ) -> torch.Tensor:
     """MART's hierarchical contrastive loss (eqs. 3-6), mean over the batch.
 
@@ -67,7 +68,12 @@ def mart_loss(
     encoder outputs s~ of level 0 (B, P), row b the positive of hat[0][b].
     L_hc(b) = -log[(L_pw(b) + exp(sim(s^0_b, s~0_b)/tau)) / (L_pw(b) + L_neg(b))] with
     L_neg(b) = sum_u exp(sim(s^0_b, s~0_u)/tau) + sum_{u != b} exp(sim(s^0_b, s^0_u)/tau).
-    ``hierarchical=False`` drops L_pw (the "w/o HCL" ablation). Computed in log space.
+    ``hierarchical=False`` drops L_pw (the "w/o HCL" ablation). ``separate=True`` keeps the
+    same denominator but gives every positive its own log term (SupCon's L_out):
+    L(b) = -sum_p w_p log(w_p exp(s_p/tau) / D_b) / sum_p w_p over the cross-view positive
+    (w = 1) and the part-whole pairs (w = lambda_i), so that the easy part-whole pairs cannot
+    swamp the cross-view positive's gradient as they do inside the paper's single log.
+    Computed in log space.
     """
     h0 = F.normalize(hat[0].squeeze(1), dim=-1)
     t0 = F.normalize(tilde0, dim=-1)
@@ -79,6 +85,10 @@ def mart_loss(
         pw = part_whole_log_weights(hat, parts, lambdas, tau)
         numerator = torch.cat([pw, positive], dim=1)
         denominator = torch.cat([pw, to_tilde, to_hat], dim=1)
+        if separate:  # weights in the numerator's column order: the part-whole pairs, then the positive
+            w = torch.tensor([lam for i, lam in enumerate(lambdas) for _ in range(parts ** (i + 1))] + [1.0],
+                             dtype=numerator.dtype, device=numerator.device)
+            return ((torch.logsumexp(denominator, dim=1, keepdim=True) - numerator) @ (w / w.sum())).mean()
     else:
         numerator = positive
         denominator = torch.cat([to_tilde, to_hat], dim=1)

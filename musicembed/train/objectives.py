@@ -50,18 +50,23 @@ class PEMRObjectiveConfig:
 @dataclass
 class MARTObjectiveConfig:
     """MART's loss: temperature tau, hierarchical part-whole term on/off ('w/o HCL' sets it off),
-    ``pw_weight`` scaling every lambda_i of the part-whole term (1 = the paper), head
-    hidden/output widths. The 'w/o PWT' switch is ``ModelConfig.mart.use_pwt``."""
+    ``pw_weight`` scaling every lambda_i of the part-whole term (1 = the paper), ``positives``
+    'joint' (the paper: one log over the summed positives) or 'separate' (one log per
+    positive, see ``losses.mart_loss``), head hidden/output widths. The 'w/o PWT' switch is
+    ``ModelConfig.mart.use_pwt``."""
 
     tau: float = 0.1
     hierarchical: bool = True
     pw_weight: float = 1.0
+    positives: str = "joint"
     head_hidden: int = 512
     projection_dim: int = 256
 
     def __post_init__(self) -> None:
         if not self.pw_weight > 0:
             raise ValueError(f"pw_weight must be > 0 (use hierarchical: false to drop the term), got {self.pw_weight}")
+        if self.positives not in ("joint", "separate"):
+            raise ValueError(f"positives must be 'joint' or 'separate', got {self.positives!r}")
 
 
 def projector(dim: int, hidden: int, out: int, bias: bool) -> nn.Sequential:
@@ -134,8 +139,9 @@ class MARTObjective(nn.Module):
         a_rows = torch.cat([torch.arange(r * 2 * b, r * 2 * b + b) for r in range(world)]).to(views.device)
         b_rows = a_rows + b
         o = self.obj
-        ab = mart_loss([z[a_rows] for z in z_hat], z_tilde0[b_rows], o.tau, self.parts, self.lambdas, o.hierarchical)
-        ba = mart_loss([z[b_rows] for z in z_hat], z_tilde0[a_rows], o.tau, self.parts, self.lambdas, o.hierarchical)
+        sep = o.positives == "separate"
+        ab = mart_loss([z[a_rows] for z in z_hat], z_tilde0[b_rows], o.tau, self.parts, self.lambdas, o.hierarchical, sep)
+        ba = mart_loss([z[b_rows] for z in z_hat], z_tilde0[a_rows], o.tau, self.parts, self.lambdas, o.hierarchical, sep)
         return {"loss": (ab + ba) / 2}
 
 

@@ -34,7 +34,7 @@ def invoke(*args: str) -> str:
 @pytest.mark.parametrize(
     ("method", "extra"),
     [("pemr", []), ("pemr", ["--mask", "none"]), ("pemr", ["--mask", "pos", "--ratio", "0.3"]), ("mart", []),
-     ("mart", ["--no-pwt", "--no-hcl"]), ("mart", ["--pw-weight", "0.01"])],
+     ("mart", ["--no-pwt", "--no-hcl"]), ("mart", ["--pw-weight", "0.01"]), ("mart", ["--positives", "separate"])],
 )
 def test_train_export_load_embed(method: str, extra: list[str], audio_dir: Path, cache_dir: Path,
                                  tmp_path: Path) -> None:
@@ -46,6 +46,7 @@ def test_train_export_load_embed(method: str, extra: list[str], audio_dir: Path,
     if method == "mart":
         objective = json.loads((run / "run.json").read_text())["objective"]
         assert objective["pw_weight"] == (0.01 if "--pw-weight" in extra else 1.0)
+        assert objective["positives"] == ("separate" if "--positives" in extra else "joint")
     invoke("export", str(run), "--out", str(model_dir))
     model = musicembed.load_model(str(model_dir))
     vec = model.embed(str(sorted(audio_dir.iterdir())[0]))

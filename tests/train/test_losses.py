@@ -43,23 +43,29 @@ def _cos(u: np.ndarray, v: np.ndarray) -> float:
 
 
 def _mart_reference(hat: list[np.ndarray], tilde0: np.ndarray, tau: float, parts: int, lambdas: list[float],
-                    hierarchical: bool) -> float:
-    """DESIGN.md's L_hc, one example and one term at a time."""
+                    hierarchical: bool, separate: bool = False) -> float:
+    """DESIGN.md's L_hc, one example and one term at a time; ``separate``: one log per positive,
+    weighted by its lambda (1 for the cross-view positive)."""
     batch = tilde0.shape[0]
     total = 0.0
     for b in range(batch):
-        pw = 0.0
+        pw_terms = []  # (lambda, lambda * exp(sim / tau))
         if hierarchical:
             for i in range(len(hat) - 1):
                 for whole in range(hat[i].shape[1]):
                     for m in range(parts):
                         part = hat[i + 1][b, whole * parts + m]
-                        pw += lambdas[i] * math.exp(_cos(hat[i][b, whole], part) / tau)
+                        pw_terms.append((lambdas[i], lambdas[i] * math.exp(_cos(hat[i][b, whole], part) / tau)))
+        pw = sum(t for _, t in pw_terms)
         s0 = hat[0][b, 0]
         neg = sum(math.exp(_cos(s0, tilde0[u]) / tau) for u in range(batch))
         neg += sum(math.exp(_cos(s0, hat[0][u, 0]) / tau) for u in range(batch) if u != b)
         pos = math.exp(_cos(s0, tilde0[b]) / tau)
-        total += -math.log((pw + pos) / (pw + neg))
+        if separate:
+            terms = [(1.0, pos), *pw_terms]
+            total += -sum(w * math.log(t / (pw + neg)) for w, t in terms) / sum(w for w, _ in terms)
+        else:
+            total += -math.log((pw + pos) / (pw + neg))
     return total / batch
 
 
@@ -69,10 +75,26 @@ def test_mart_loss_matches_loop_over_formula() -> None:
     hat = [torch.randn(batch, parts**n, dim, generator=g, dtype=torch.float64) for n in range(levels)]
     tilde0 = torch.randn(batch, dim, generator=g, dtype=torch.float64)
     lambdas = [0.5, 0.5]
-    for hierarchical in (True, False):
-        got = mart_loss(hat, tilde0, tau, parts, lambdas, hierarchical).item()
-        ref = _mart_reference([h.numpy() for h in hat], tilde0.numpy(), tau, parts, lambdas, hierarchical)
-        assert math.isclose(got, ref, rel_tol=1e-9), (hierarchical, got, ref)
+    for hierarchical, separate in ((True, False), (False, False), (True, True)):
+        got = mart_loss(hat, tilde0, tau, parts, lambdas, hierarchical, separate).item()
+        ref = _mart_reference([h.numpy() for h in hat], tilde0.numpy(), tau, parts, lambdas, hierarchical, separate)
+        assert math.isclose(got, ref, rel_tol=1e-9), (hierarchical, separate, got, ref)
+
+
+def test_separate_positives_keep_the_cross_view_gradient() -> None:
+    """Once parts and wholes agree, the paper's single log leaves almost no gradient to the
+    cross-view positive; one log per positive keeps it."""
+    g = torch.Generator().manual_seed(4)
+    whole = torch.randn(8, 1, 16, generator=g, dtype=torch.float64)
+    hat = [whole.expand(8, 2**n, 16).clone() for n in range(4)]  # every part equals its whole
+    hat[0].requires_grad_(True)
+    tilde0 = torch.randn(8, 16, generator=g, dtype=torch.float64, requires_grad=True)
+    grads = []
+    for separate in (False, True):
+        tilde0.grad = None
+        mart_loss(hat, tilde0, 0.1, 2, [0.5] * 3, separate=separate).backward()
+        grads.append(tilde0.grad.norm().item())
+    assert grads[1] > 100 * grads[0]
 
 
 def test_mart_loss_is_stable_at_low_temperature() -> None:
