@@ -87,7 +87,6 @@ def test_separate_positives_keep_the_cross_view_gradient() -> None:
     g = torch.Generator().manual_seed(4)
     whole = torch.randn(8, 1, 16, generator=g, dtype=torch.float64)
     hat = [whole.expand(8, 2**n, 16).clone() for n in range(4)]  # every part equals its whole
-    hat[0].requires_grad_(True)
     tilde0 = torch.randn(8, 16, generator=g, dtype=torch.float64, requires_grad=True)
     grads = []
     for separate in (False, True):
