@@ -414,9 +414,9 @@ class _DecodePool:
             return None  # the sequential path reports what is wrong
         block = max(1, min(int(self.block_seconds * rate), _MAX_BLOCK_SAMPLES // channels))
         if fmt in _EXACT_SEEK:  # each block by whichever thread is free, seeking to it
-            return _Plan(name, rate, channels, block, [(s, 1) for s in range(0, frames, block)])
+            return _Plan(name, rate, channels, block, range(0, frames, block), 1)
         if frames <= 2 * block:  # a short file: read from the start by one thread (no seek)
-            return _Plan(name, rate, channels, block, [(0, 2)])
+            return _Plan(name, rate, channels, block, range(1), 2)
         return None  # long Ogg: its seeks are not sample-exact in libsndfile; read in order here
 
     def _consume(self, i: int, plan: "_Plan", futures, fill):
@@ -454,12 +454,19 @@ class _DecodePool:
             yield i, AudioError(plan.name, f"{type(e).__name__}: {e}")
 
 
-class _Plan(list):
-    """A file's (start, count) blocks with what the consumer needs to know about it."""
+class _Plan:
+    """A file's blocks, unit k = (start frame, reads): computed when asked for, since a broken
+    header can claim ~2^63 frames (a list of its units would not fit in memory)."""
 
-    def __init__(self, name: str, rate: int, channels: int, block: int, units: list[tuple[int, int]]) -> None:
-        super().__init__(units)
+    def __init__(self, name: str, rate: int, channels: int, block: int, starts: range, reads: int) -> None:
         self.name, self.rate, self.channels, self.block = name, rate, channels, block
+        self.starts, self.reads = starts, reads
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, k: int) -> tuple[int, int]:
+        return self.starts[k], self.reads
 
 
 def load_audio(source: AudioInput, sample_rate: int, *, source_rate: int | None = None) -> np.ndarray:

@@ -138,3 +138,43 @@ def test_streamed_file_equals_whole_file_in_memory(tmp_path):
     np.testing.assert_array_equal(streamed.starts, ref.starts)
     np.testing.assert_array_equal(streamed.vectors, ref.vectors)
     assert len(streamed.vectors) == 25
+
+
+def _without_total_length(src, dst) -> None:
+    """Copy a FLAC with STREAMINFO's total-samples field set to 0, which the FLAC format allows
+    ("unknown", as streaming encoders write it); libsndfile then reports 2^63 - 1 frames."""
+    b = bytearray(src.read_bytes())
+    assert b[:4] == b"fLaC" and b[4] & 0x7F == 0  # the first metadata block is STREAMINFO
+    packed = int.from_bytes(b[18:26], "big") & ~((1 << 36) - 1)  # rate, channels, bits | 36-bit total
+    b[18:26] = packed.to_bytes(8, "big")
+    dst.write_bytes(bytes(b))
+
+
+_BOUNDED = """
+import resource, sys
+import numpy as np
+resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))  # import torch alone maps ~3.3 GB
+from musicembed.audio import stream_many
+def items(threads):
+    return [b if isinstance(b, np.ndarray) else str(b) for _, b in stream_many([sys.argv[1]], 16000, threads=threads)]
+got, want = items(2), items(1)
+assert len(got) == len(want) and all(np.array_equal(a, b) for a, b in zip(got, want)), (got, want)
+print(want[-1])
+"""
+
+
+def test_flac_of_unknown_length_decodes_in_bounded_memory(tmp_path):
+    """A header claiming ~2^63 frames once made the decode pool list one unit per 30-s block
+    before reading anything (an atheris finding: the process grew to 24 GB and was killed).
+    In a process capped at 6 GB of address space, the pool now gives what the sequential
+    reader gives: here libsndfile fails after 3 of the 4 seconds, and both report it."""
+    import subprocess
+    import sys
+
+    src, odd = tmp_path / "tone.flac", tmp_path / "unknown-length.flac"
+    sf.write(src, _music(4.0, 1), SR, format="FLAC", subtype="PCM_16")
+    _without_total_length(src, odd)
+    assert sf.info(odd).frames > 2**62
+    r = subprocess.run([sys.executable, "-c", _BOUNDED, str(odd)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert str(odd) in r.stdout and "decoding failed" in r.stdout
