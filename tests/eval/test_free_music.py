@@ -58,12 +58,14 @@ def test_probe_tracks_sample_per_source(free_music_dir: Path) -> None:
         train, {"pkg-sine"}, FreeMusicConfig(max_train_per_source=2))
 
 
-def test_free_music_report(free_music_dir: Path, tmp_path: Path) -> None:
+def test_free_music_report(free_music_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     systems = [System("mfcc", "mfcc-test", MFCCEmbedder(sample_rate=16000, n_fft=1024, hop_length=256, n_mels=40)),
                System("collapsed", "collapsed", Collapsed())]
     cfg = FreeMusicConfig(excerpt_seconds=1.5, min_excerpt_seconds=0.5, classify_seconds=2.0,
                           probe=ProbeConfig(max_epochs=60))
-    report = evaluate_free_music(free_music_dir, systems, tmp_path, config=cfg)
+    monkeypatch.chdir(free_music_dir.parent)
+    report = evaluate_free_music(free_music_dir.name, systems, tmp_path, config=cfg)
+    assert report["data_dir"] == free_music_dir.name  # as given, not resolved to this machine's path
     c = report["counts"]
     assert (c["val_tracks"], c["excerpt_tracks"], c["cover_recordings"], c["cover_works"], c["sources"]) == (
         12, 12, 36, 12, 4)

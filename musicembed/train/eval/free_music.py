@@ -264,7 +264,7 @@ def evaluate_free_music(
         class_files, unreadable = {t.track_id: t.path for t in val + fit + hold}, {}
     files = list(dict.fromkeys([p for _, _, p in covers] + [p for _, p in excerpts] + list(class_files.values())))
     report: dict[str, Any] = {
-        "data_dir": str(Path(data_dir).resolve()),
+        "data_dir": os.fspath(data_dir),  # as given: a committed report must not carry this machine's paths
         "config": asdict(cfg),
         "counts": {
             "val_tracks": len(val), "excerpt_tracks": len(excerpts) // len(cfg.positions),
