@@ -216,9 +216,9 @@ def pemr_config(**overrides: Any) -> ModelConfig:
 def mart_config(**overrides: Any) -> ModelConfig:
     """The project's MART inference config: FCN-7 on a 4.096-s clip, 4 levels of 2 parts, 512-d.
 
-    Every clip of every level becomes a 64-band x 64-frame log-mel standardised on its own;
-    the 2048-point FFT is at least twice the longest hop (1024 samples at level 0), so no
-    level's frames skip samples.
+    Every clip of every level becomes a 64-band x 32-frame log-mel standardised on its own;
+    the 2048-point FFT is as long as the longest hop (2048 samples at level 0), so no level's
+    frames skip samples.
     """
     cfg = ModelConfig(
         method="mart",
@@ -228,10 +228,10 @@ def mart_config(**overrides: Any) -> ModelConfig:
         encoder=EncoderConfig(
             arch="fcn7",
             channels=[16, 32, 64, 128, 128, 256, 512],
-            pools=[[2, 2], [2, 2], [2, 2], [2, 2], [2, 2], [2, 2], [1, 1]],
+            pools=[[2, 2], [2, 2], [2, 2], [2, 2], [2, 2], [2, 1], [2, 1]],
             ceil_pools=True,
             time_pool="mean",
         ),
-        mart=MartConfig(frames=64),
+        mart=MartConfig(frames=32),
     )
     return dataclasses.replace(cfg, **overrides)

@@ -21,7 +21,6 @@ import math
 from dataclasses import asdict, dataclass
 
 import torch
-import torchaudio.functional as AF
 
 FILTER_ORDER = 8  # Butterworth magnitude order of the zero-phase high/low-pass (48 dB/octave)
 FILTER_PAD = 4096  # zero padding (samples) so FFT filtering does not wrap around
@@ -166,24 +165,37 @@ class Augmenter:
         return torch.gather(x, 1, lo) * (1 - frac) + torch.gather(x, 1, lo + 1) * frac
 
     def _tempo(self, x: torch.Tensor, out_samples: int, g: torch.Generator) -> torch.Tensor:
-        """Time stretch by a factor U(tempo_range) (phase vocoder; > 1 is faster), keeping pitch,
-        cut to ``out_samples``. Rows not picked are cut unchanged."""
+        """Time stretch by a factor U(tempo_range) (> 1 is faster), keeping pitch, cut to
+        ``out_samples``; rows not picked are cut unchanged. A phase vocoder batched over rows
+        with a rate of their own: output frame k reads the input at k * rate, interpolating
+        magnitudes and accumulating each bin's measured phase advance."""
         n, dev = x.shape[0], x.device
-        pick = torch.rand(n, generator=g, device=dev) < self.cfg.tempo_p
-        rates = _uniform(self.cfg.tempo_range, n, g, dev)
+        pick = (torch.rand(n, generator=g, device=dev) < self.cfg.tempo_p).nonzero().flatten()
+        rates = _uniform(self.cfg.tempo_range, n, g, dev)[pick]
         out = x[:, :out_samples].clone()
+        if pick.numel() == 0:
+            return out
         hop = STRETCH_FFT // 4
         window = torch.hann_window(STRETCH_FFT, device=dev)
-        for i in pick.nonzero().flatten().tolist():
-            rate = float(rates[i])
-            src = x[i, : min(x.shape[1], math.ceil(out_samples * rate) + STRETCH_FFT)]
-            spec = torch.stft(src, STRETCH_FFT, hop, window=window, return_complex=True)
-            advance = torch.linspace(0, math.pi * hop, spec.shape[0], device=dev)[:, None]
-            slow = AF.phase_vocoder(spec, rate, advance)
-            y = torch.istft(slow, STRETCH_FFT, hop, window=window, length=round(src.numel() / rate))
-            k = min(out_samples, y.numel())
-            out[i, :k] = y[:k]
-            out[i, k:] = 0
+        spec = torch.stft(x[pick], STRETCH_FFT, hop, window=window, return_complex=True)  # (P, F, T)
+        mag, phase = spec.abs(), spec.angle()
+        frames_out = out_samples // hop + 1
+        t_in = spec.shape[-1]
+        pos = (torch.arange(frames_out, device=dev)[None, :] * rates[:, None]).clamp(max=t_in - 2)  # (P, K)
+        lo = pos.floor().long()
+        frac = (pos - lo)[:, None, :]
+        idx = lo[:, None, :].expand(-1, spec.shape[1], -1)
+
+        def at(v: torch.Tensor, offset: int) -> torch.Tensor:
+            return torch.gather(v, 2, idx + offset)
+
+        m = at(mag, 0) * (1 - frac) + at(mag, 1) * frac
+        expected = torch.linspace(0, math.pi * hop, spec.shape[1], device=dev)[None, :, None]
+        delta = at(phase, 1) - at(phase, 0) - expected
+        delta = delta - 2 * math.pi * torch.round(delta / (2 * math.pi)) + expected
+        acc = torch.cat([phase[:, :, :1], phase[:, :, :1] + torch.cumsum(delta[:, :, :-1], dim=2)], dim=2)
+        y = torch.istft(torch.polar(m, acc), STRETCH_FFT, hop, window=window, length=out_samples)
+        out[pick] = y
         return out
 
     def _noise(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
