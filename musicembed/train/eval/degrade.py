@@ -29,6 +29,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from ...errors import MusicEmbedError
+
 MP3_KBPS = 64
 LOWPASS_TRANSITION_HZ = 500.0
 PV_N_FFT = 2048
@@ -61,7 +63,7 @@ def lowpass(x: np.ndarray, rate: int, cutoff: float) -> np.ndarray:
     same length)."""
     x = np.asarray(x, dtype=np.float64)
     h = lowpass_kernel(rate, cutoff)
-    size = x.size + h.size - 1
+    size = 1 << (x.size + h.size - 2).bit_length()  # a power of two >= the full convolution's length
     y = np.fft.irfft(np.fft.rfft(x, size) * np.fft.rfft(h, size), size)
     return y[h.size // 2 : h.size // 2 + x.size]
 
@@ -169,7 +171,7 @@ def mp3_compression_level(rate: int, kbps: int = MP3_KBPS) -> float:
 def write_mp3(path: str | os.PathLike, x: np.ndarray, rate: int, kbps: int = MP3_KBPS) -> None:
     """Encode ``x`` as a constant-bitrate MP3 file (libsndfile >= 1.1 with MP3 support)."""
     if "MP3" not in sf.available_formats():
-        raise RuntimeError(f"this libsndfile ({sf.__libsndfile_version__}) cannot write MP3: the robustness "
+        raise MusicEmbedError(f"this libsndfile ({sf.__libsndfile_version__}) cannot write MP3: the robustness "
                            "task needs libsndfile >= 1.1.0 built with LAME and mpg123 (soundfile's wheels are)")
     sf.write(path, np.clip(x, -1.0, 1.0).astype(np.float32), rate, format="MP3", subtype="MPEG_LAYER_III",
              bitrate_mode="CONSTANT", compression_level=mp3_compression_level(rate, kbps))
