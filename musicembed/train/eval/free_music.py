@@ -90,7 +90,7 @@ class FreeMusicConfig:
     classify_seconds: float | None = 30.0
     robust_seconds: float = 10.0
     folds: int = 5
-    probe_holdout: float = 0.2  # share of each training fold held out for early stopping
+    probe_holdout: float = 0.2  # share of the training folds kept for early stopping (1 of round(1/share) folds)
     resamples: int = DEFAULT_RESAMPLES
     seed: int = 0
     probe: ProbeConfig = field(default_factory=ProbeConfig)

@@ -98,9 +98,9 @@ class RandomFCNEmbedder(_ClipEmbedder):
     Input: 128-band log-mel (power mel spectrogram of a 2048-point STFT, hop 512, at
     22.05 kHz, in dB, floored at 80 dB below the clip's maximum), standardised per clip
     (zero mean, unit variance over all bands and frames of the whole input). The relative
-    floor and the standardisation make the vector independent of the input's level. Network: four blocks conv3x3 (padding 1)
-    + ReLU + max-pool, 1 -> 128 -> 256 -> 384 -> 512 channels, pools (2, 4), (4, 4), (4, 4)
-    and none (pools round up, so the last frames of a clip count too); global average over
+    floor and the standardisation make the vector independent of the input's level.
+    Network: four blocks conv3x3 (padding 1) + ReLU + max-pool, 1 -> 128 -> 256 -> 384 -> 512
+    channels, pools (2, 4), (4, 4), (4, 4) and none (pools round up, so the last frames of a clip count too); global average over
     the last block's frequency and time positions -> 512-d. Weights: PyTorch's default
     initialisation after ``torch.manual_seed(seed)``. Inputs longer than ``chunk_frames``
     frames go through the network in chunks of that many frames (a multiple of the 64-frame
