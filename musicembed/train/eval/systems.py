@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -95,18 +96,19 @@ class RandomFCNEmbedder(_ClipEmbedder):
     """The wide random FCN baseline (issue 17): a randomly initialised, never trained
     fully convolutional network.
 
-    Input: 128-band log-mel (power mel spectrogram of a 2048-point STFT, hop 512, at
-    22.05 kHz, in dB, floored at 80 dB below the clip's maximum), standardised per clip
-    (zero mean, unit variance over all bands and frames of the whole input). The relative
-    floor and the standardisation make the vector independent of the input's level.
-    Network: four blocks conv3x3 (padding 1) + ReLU + max-pool, 1 -> 128 -> 256 -> 384 -> 512
-    channels, pools (2, 4), (4, 4), (4, 4) and none (pools round up, so the last frames of a clip count too); global average over
-    the last block's frequency and time positions -> 512-d. Weights: PyTorch's default
-    initialisation after ``torch.manual_seed(seed)``. Inputs longer than ``chunk_frames``
-    frames go through the network in chunks of that many frames (a multiple of the 64-frame
-    time pooling, so pooling cells never straddle chunks; only the convolutions' zero
-    padding at chunk edges differs from one pass), their outputs averaged with weights
-    equal to their number of positions; this bounds memory for whole songs.
+    Input: 128-band log-mel (power mel spectrogram of a 2048-point STFT, hop 512, at 22.05
+    kHz, in dB, floored at 80 dB below the clip's maximum), standardised per clip (zero
+    mean, unit variance over all bands and frames of the whole input). The relative floor
+    and the standardisation make the vector independent of the input's level. Network: four
+    blocks conv3x3 (padding 1) + ReLU + max-pool, 1 -> 128 -> 256 -> 384 -> 512 channels,
+    pools (2, 4), (4, 4), (4, 4) and none (pools round up, so the last frames of a clip
+    count too); global average over the last block's frequency and time positions -> 512-d.
+    Weights: PyTorch's default initialisation after ``torch.manual_seed(seed)``. Inputs
+    longer than ``chunk_frames`` frames go through the network in chunks of that many frames
+    (a multiple of the 64-frame time pooling, so pooling cells never straddle chunks; only
+    the convolutions' zero padding at chunk edges differs from one pass), their outputs
+    averaged with weights equal to their number of positions; this bounds memory for whole
+    songs.
     """
 
     channels = (128, 256, 384, 512)
@@ -117,6 +119,9 @@ class RandomFCNEmbedder(_ClipEmbedder):
         self.sample_rate = sample_rate
         self.n_fft = n_fft
         self.dim = self.channels[-1]
+        time_pool = math.prod(p[1] for p in self.pools if p)
+        if chunk_frames % time_pool:
+            raise ValueError(f"chunk_frames must be a multiple of the network's time pooling ({time_pool})")
         self.chunk_frames = chunk_frames
         self.device = torch.device(device or "cpu")
         self.settings = {"seed": seed, "sample_rate": sample_rate, "n_fft": n_fft, "hop_length": hop_length,
