@@ -479,11 +479,17 @@ def detect_licence(text: str) -> str | None:
 
 def dep5_matches(pattern: str, path: str) -> bool:
     """Whether a debian/copyright ``Files:`` pattern (source-tree path) names an installed
-    file: the pattern, or its tail of at least two components, matches a tail of the path."""
+    file: the pattern, or its tail of at least two components, matches a tail of the path;
+    or the pattern names one file (its last component has a name and extension before any
+    wildcard, e.g. ``data/music-game.ogg*``) and matches the file's name, wherever the
+    package installed it (hex-a-hop installs ``data/`` as ``hex-a-hop/``)."""
     parts = pattern.strip("/").split("/")
     tails = [pattern] + ["/".join(parts[i:]) for i in range(1, len(parts) - 1)]
     comps = path.strip("/").split("/")
     suffixes = ["/".join(comps[i:]) for i in range(len(comps))]
+    literal = re.split(r"[*?\[]", parts[-1])[0]
+    if len(parts) > 1 and "." in literal.strip(".") and fnmatch.fnmatchcase(comps[-1], parts[-1]):
+        return True
     return any(fnmatch.fnmatchcase(s, t) for t in tails for s in suffixes)
 
 
@@ -953,6 +959,8 @@ def main(argv: list[str] | None = None) -> int:
                         choices=range(MAX_TRAIN_VERSIONS + 1), metavar=f"0..{MAX_TRAIN_VERSIONS}",
                         help=f"extra renders of each train music21 work (default {DEFAULT_TRAIN_VERSIONS})")
     args = parser.parse_args(argv)
+    if args.max_works is not None and args.max_works < HOLDOUT_MIN_SOURCE_TRACKS:
+        parser.error(f"--max-works below {HOLDOUT_MIN_SOURCE_TRACKS} leaves no corpus part large enough to hold out")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     warnings.filterwarnings("ignore")
     out: Path = args.out_dir.resolve()

@@ -158,3 +158,16 @@ def test_package_midi_keeps_its_instruments(prep, tmp_path):
     melodic = {m.program for t in out.tracks for m in t if m.type == "program_change" and m.channel != 9}
     assert melodic == {6}
     assert {(m.channel == 9, m.note) for t in out.tracks for m in t if m.type == "note_on"} == {(False, 62), (True, 60)}
+
+
+def test_copyright_patterns_name_installed_files(prep):
+    installed = "/usr/share/games/hex-a-hop/hex-a-hop/music-ending.ogg"  # data/ of the source tree
+    assert prep.dep5_matches("data/music-ending.ogg*", installed)
+    assert prep.dep5_matches("*", installed)
+    assert not prep.dep5_matches("data/sound-crack.ogg*", installed)
+    # A wildcard name does not reach into other folders ...
+    assert not prep.dep5_matches("data/karts/nolok/kart_*", "/usr/share/games/supertuxkart/data/music/kart_gp.ogg")
+    # ... but paths still match by their tails of at least two components.
+    assert prep.dep5_matches("data/music/*", "/usr/share/games/supertuxkart/data/music/kart_gp.ogg")
+    assert prep.dep5_matches("src/data/music/*.ogg", "/usr/share/games/x/data/music/a.ogg")
+    assert not prep.dep5_matches("src/data/music/*.ogg", "/usr/share/games/x/sounds/a.ogg")
