@@ -60,8 +60,21 @@ class AudioInfo:
     subtype: str
 
 
+def _check_name(name: str) -> None:
+    """Refuse a file name no file system can hold (the OS calls would raise ValueError or
+    UnicodeEncodeError, not an OSError)."""
+    if "\x00" in name:
+        raise AudioError(name, "file name contains a NUL byte (no file can have this name)")
+    try:
+        os.fsencode(name)
+    except UnicodeEncodeError:
+        raise AudioError(name, "file name holds characters that cannot be encoded for the file system "
+                               "(a lone surrogate?)") from None
+
+
 def _open(path: PathLike) -> sf.SoundFile:
     name = os.fspath(path)
+    _check_name(name)
     try:
         st = os.stat(name)
     except FileNotFoundError:
@@ -410,6 +423,8 @@ class _DecodePool:
                 frames, rate, channels, seekable, fmt = f.frames, f.samplerate, f.channels, f.seekable(), f.format
         except AudioError as e:
             return e
+        except Exception as e:  # a decoder bug must cost this input only, never the run
+            return AudioError(name, f"{type(e).__name__}: {e}")
         if not seekable or frames <= 0 or rate < MIN_SAMPLE_RATE or channels < 1:
             return None  # the sequential path reports what is wrong
         block = max(1, min(int(self.block_seconds * rate), _MAX_BLOCK_SAMPLES // channels))

@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import stat
 import struct
 import zlib
 from pathlib import Path
@@ -140,6 +141,29 @@ def read_records(f) -> tuple[dict[str, Any] | None, dict[str, Embedding], int]:
     return meta, done, good
 
 
+def _open_store(path: Path):
+    """Open (creating) ``path`` for reading and appending, never through a link: a symbolic link
+    there is refused (O_NOFOLLOW), and so is anything but a regular file with one name (a hard
+    link would make the truncation at a fresh start truncate another file too)."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, flags, 0o666)
+    except OSError as e:
+        if path.is_symlink():  # ELOOP from O_NOFOLLOW
+            raise StoreError(f"{path}: is a symbolic link; musicembed creates this file itself and does not write "
+                             "through links: remove it (or choose another --out)") from None
+        raise StoreError(f"{path}: cannot create the partial results file: {e.strerror or e}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
+        os.close(fd)
+        what = "not a regular file" if not stat.S_ISREG(st.st_mode) else f"a file with {st.st_nlink} hard links"
+        raise StoreError(f"{path}: is {what}; musicembed creates this file itself and does not write into "
+                         "other files: remove it (or choose another --out)")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "a+b")  # appends go to the end whatever the position
+
+
 class PartialStore:
     """The append-only store of one run; open it with :meth:`open`, then :meth:`append` each result."""
 
@@ -154,11 +178,7 @@ class PartialStore:
         """Open (and lock) ``OUT.partial``. Returns the store, the results it already holds (only with
         ``resume`` and matching settings) and a note for the user, or None."""
         path = partial_path(out)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            f = open(path, "a+b")  # appends go to the end whatever the position
-        except OSError as e:
-            raise StoreError(f"{path}: cannot create the partial results file: {e.strerror or e}") from None
+        f = _open_store(path)
         try:
             if fcntl is not None:
                 try:

@@ -10,9 +10,7 @@ import click
 import numpy as np
 
 from . import __version__
-from .errors import MusicEmbedError
-
-EXIT_FAILED_INPUTS = 1
+from .errors import EXIT_FAILED_INPUTS, EXIT_INTERRUPTED, EXIT_NOTHING_WRITTEN, MusicEmbedError
 
 
 class _LazyGroup(click.Group):
@@ -45,6 +43,19 @@ class _LazyGroup(click.Group):
         with formatter.section("Commands"):
             formatter.write_dl(sorted(rows))
 
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:  # click would print "Aborted!" and exit 1, the code of failed inputs
+            click.echo("\ninterrupted: nothing written", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
+
+
+class Fatal(click.ClickException):
+    """A one-line error that stops a command before it writes its output."""
+
+    exit_code = EXIT_NOTHING_WRITTEN
+
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="musicembed")
@@ -58,10 +69,18 @@ def cli() -> None:
       musicembed embed music/ -r --out catalog.npz --model mart --hierarchical
       musicembed models
     """
+    import warnings
+
+    warnings.showwarning = _show_warning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings on the command line: one line each, without the source location."""
+    click.echo(f"warning: {message}", err=True)
 
 
 def _fail(msg: str) -> None:
-    raise click.ClickException(msg)
+    raise Fatal(msg)
 
 
 @cli.command()

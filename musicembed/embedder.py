@@ -274,7 +274,9 @@ class Model:
         try:
             done = False
             while not done:
-                item = q.get()
+                item = _get(q, producer)
+                if isinstance(item, _ProducerFailed):
+                    raise item.error
                 if item is _END:
                     done = True
                 else:
@@ -472,19 +474,53 @@ def _cut_windows(idx: int, t: _Track, window: int, hop: int, final: bool) -> lis
     return out
 
 
+class _ProducerFailed:
+    """Put by the decode thread instead of _END when it fails: the consumer raises ``error``."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def _put(q: queue.Queue, item: object, stop: threading.Event) -> bool:
+    """Put ``item`` unless the consumer has stopped (then a full queue would block forever)."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
 def _produce(inputs: Sequence[AudioInput], sr: int, source_rate: int | None, q: queue.Queue,
              stop: threading.Event) -> None:
     """Decode inputs in order (a pool of threads reads ahead, see :func:`stream_many`), putting
-    (index, block), (index, None) at the end of an input, or (index, AudioError); then _END."""
-    gen = stream_many(inputs, sr, source_rate=source_rate)
+    (index, block), (index, None) at the end of an input, or (index, AudioError); then _END.
+    Whatever ends this thread, the last item is _END or a :class:`_ProducerFailed`, so the
+    consumer never waits for an item that will not come."""
     try:
-        for item in gen:
-            if stop.is_set():
-                return
-            q.put(item)
-        q.put(_END)
-    finally:
-        gen.close()
+        gen = stream_many(inputs, sr, source_rate=source_rate)
+        try:
+            for item in gen:
+                if not _put(q, item, stop):
+                    return
+        finally:
+            gen.close()
+    except BaseException as e:  # noqa: BLE001 - handed to the consumer, which raises it
+        _put(q, _ProducerFailed(e), stop)
+        return
+    _put(q, _END, stop)
+
+
+def _get(q: queue.Queue, producer: threading.Thread) -> object:
+    """The next item from the decode thread; should that thread be gone without its last
+    item (it cannot be, see :func:`_produce`), an error rather than a wait forever."""
+    while True:
+        try:
+            return q.get(timeout=0.5)
+        except queue.Empty:
+            if not producer.is_alive() and q.empty():
+                return _ProducerFailed(RuntimeError("the decoding thread ended without finishing its inputs"))
 
 
 def _progress_bar(total: int, progress: bool | None):

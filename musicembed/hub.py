@@ -197,16 +197,36 @@ def parse_hub_ref(ref: str) -> tuple[str, str | None]:
     return repo_id, revision or None
 
 
+def is_path_reference(ref: str | os.PathLike) -> bool:
+    """Whether a model reference names a folder by its form alone: a ``PathLike``, or text
+    holding a path separator or starting with ``.`` (``./pemr``, ``runs/m``, ``/abs/m``)."""
+    if isinstance(ref, os.PathLike):
+        return True
+    return os.sep in ref or bool(os.altsep and os.altsep in ref) or ref.startswith(".")
+
+
 def resolve(ref: str | os.PathLike, force_download: bool = False) -> Resolved:
-    """Turn a model reference into verified local files (downloading only when allowed)."""
+    """Turn a model reference into verified local files (downloading only when allowed).
+
+    The rule: ``hf-hub:...`` is a Hub repository; a path reference (see
+    :func:`is_path_reference`) is a folder; a bare name is a manifest name when the manifest
+    has it (a folder of that name in the current directory is then ignored, with a warning
+    that says how to load it: ``./NAME``), else a folder of that name, else unknown.
+    """
     text = os.fspath(ref)
-    if text.startswith(HUB_PREFIX):
+    if text.startswith(HUB_PREFIX) and not isinstance(ref, os.PathLike):
         repo_id, revision = parse_hub_ref(text)
         return _resolve_hub(repo_id, revision, text, force=force_download)
-    if os.path.isdir(text):
-        return _resolve_dir(Path(text), text)
-    if os.sep in text or text.startswith("."):
-        raise WeightsError(f"{text}: no such model directory")
+    if is_path_reference(ref) or text not in read_manifest()["models"]:
+        if os.path.isdir(text):
+            return _resolve_dir(Path(text), text)
+        if is_path_reference(ref):
+            raise WeightsError(f"{text}: no such model directory")
+    elif os.path.isdir(text):
+        import warnings
+
+        warnings.warn(f"model {text!r}: using the manifest model; the folder {text!r} in the current directory "
+                      f"is not used (load it as {os.path.join('.', text)!r})", stacklevel=3)
     entry = model_entry(text)
     expected = {_safe_relpath(f["name"], text): f["sha256"] for f in entry["files"]}
     folder = bundled_dir(entry)

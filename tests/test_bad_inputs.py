@@ -23,6 +23,7 @@ or a silently skipped file.
 from __future__ import annotations
 
 import faulthandler
+import json
 import os
 import re
 import subprocess
@@ -486,3 +487,129 @@ def test_cli_options_that_cannot_work_are_errors_not_tracebacks(pemr_dir, matrix
                                                           *opts]))
     assert r.exit_code != 0 and reason in r.output, r.output
     assert isinstance(r.exception, SystemExit) and "Traceback" not in r.output
+
+
+# ============================================================================= round two (issue 14)
+# Each block names the item of the issue it guards. Subprocess runs carry a timeout, so a hang
+# fails the test instead of stalling the suite.
+
+SUBPROCESS_TIMEOUT = 300  # generous: the machines running the suite are often loaded
+
+
+def run_cli(args: list[str], cwd: Path | None = None, timeout: float = SUBPROCESS_TIMEOUT,
+            **kw) -> subprocess.CompletedProcess:
+    """``python -m musicembed ARGS`` in a real process; fails the test on a hang."""
+    try:
+        return subprocess.run([sys.executable, "-m", "musicembed", *args], capture_output=True, text=True,
+                              timeout=timeout, cwd=cwd, env={**os.environ, "HF_HUB_OFFLINE": "1"}, **kw)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"hang: `musicembed {' '.join(args)}` still running after {timeout} s")
+
+
+def run_python(code: str, timeout: float = SUBPROCESS_TIMEOUT, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, cwd=cwd,
+                              env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"hang: still running after {timeout} s:\n{code}")
+
+
+# -- 1. an exception in the decode thread never leaves embed() waiting
+
+def test_unencodable_file_names_are_errors_not_hangs(pemr_dir, tmp_path):
+    """A NUL byte or a lone surrogate in a path made the decode thread die and embed() wait
+    forever; in a real process with a timeout, each is now an error naming the input and the
+    good file of the list is still embedded."""
+    sf.write(tmp_path / "good.wav", tone(440, 1.0), SR)
+    code = f"""
+import sys
+from musicembed import load_model, EmbedError
+m = load_model({str(pemr_dir)!r}, device="cpu")
+try:
+    m.embed(["x\\x00.wav", "y\\ud800.wav", {str(tmp_path / 'good.wav')!r}])
+except EmbedError as e:
+    print(sorted(e.errors), e.results[2] is not None)
+    print(ascii(e.errors[0].reason)); print(ascii(e.errors[1].reason))
+"""
+    r = run_python(code)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == "[0, 1] True"
+    assert "NUL byte" in lines[1] and "cannot be encoded" in lines[2]
+    assert "Traceback" not in r.stderr
+
+
+def test_a_decode_thread_failure_is_raised_not_waited_for(model, tmp_path, monkeypatch):
+    """Whatever kills the decoding thread reaches the caller as an exception."""
+    import musicembed.embedder as embedder
+
+    def broken(*a, **k):
+        yield 0, np.zeros(100, np.float32)
+        raise RuntimeError("decoder exploded")
+
+    monkeypatch.setattr(embedder, "stream_many", broken)
+    with pytest.raises(RuntimeError, match="decoder exploded"):
+        call_with_timeout(lambda: model.embed([tmp_path / "a.wav", tmp_path / "b.wav"]))
+
+
+# -- 2. links at files the tool creates are not followed
+
+def test_symlink_at_partial_store_is_refused_not_followed(pemr_dir, tmp_path):
+    sf.write(tmp_path / "a.wav", tone(440, 1.0), SR)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    out = tmp_path / "out.npz"
+    (tmp_path / "out.npz.partial").symlink_to(victim)
+    r = run_cli(["embed", str(tmp_path / "a.wav"), "-m", str(pemr_dir), "--out", str(out)])
+    assert r.returncode == 2, r.stderr
+    assert victim.read_text() == "precious\n" and not out.exists()
+    assert "out.npz.partial: is a symbolic link" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    # a hard link is refused as well (truncating the store would truncate the other file)
+    (tmp_path / "out.npz.partial").unlink()
+    os.link(victim, tmp_path / "out.npz.partial")
+    r = run_cli(["embed", str(tmp_path / "a.wav"), "-m", str(pemr_dir), "--out", str(out)])
+    assert r.returncode == 2 and "hard links" in r.stderr and victim.read_text() == "precious\n"
+
+
+def test_symlink_at_out_is_replaced_not_written_through(pemr_dir, tmp_path):
+    sf.write(tmp_path / "a.wav", tone(440, 1.0), SR)
+    victim = tmp_path / "victim.npz"
+    victim.write_bytes(b"precious")
+    for name in ("out.npz", "out.npy", "out.jsonl"):
+        out = tmp_path / name
+        out.symlink_to(victim)
+        r = run_cli(["embed", str(tmp_path / "a.wav"), "-m", str(pemr_dir), "--out", str(out)])
+        assert r.returncode == 0, r.stderr
+        assert not out.is_symlink() and out.is_file() and victim.read_bytes() == b"precious"
+
+
+# -- 3. a folder named like a manifest model never shadows it
+
+def test_manifest_name_wins_over_a_folder_of_that_name(pemr_dir, tmp_path):
+    import shutil
+
+    sf.write(tmp_path / "song.wav", tone(440, 1.0), SR)
+    (tmp_path / "pemr").mkdir()  # an unrelated folder that happens to be called pemr
+    r = run_cli(["embed", "song.wav", "--json"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert len(json.loads(r.stdout)["embedding"]) == 512  # the bundled model
+    warn = [ln for ln in r.stderr.splitlines() if ln.startswith("warning:")]
+    assert len(warn) == 1 and "'./pemr'" in warn[0] and "Traceback" not in r.stderr
+    # with a separator the folder is meant: here an empty one, refused on one line
+    r = run_cli(["embed", "song.wav", "-m", "./pemr"], cwd=tmp_path)
+    assert r.returncode == 2 and "config.json not found" in r.stderr and "Traceback" not in r.stderr
+    # a folder holding another model: only used when asked for as a folder
+    (tmp_path / "pemr").rmdir()
+    shutil.copytree(pemr_dir, tmp_path / "pemr")
+    code = ("from pathlib import Path; import warnings; warnings.simplefilter('error');"
+            "from musicembed import load_model\n"
+            "print(load_model('./pemr').embedding_dim, load_model(Path('pemr')).embedding_dim)\n"
+            "warnings.simplefilter('ignore'); print(load_model('pemr').embedding_dim)")
+    r = run_python(code, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["16", "16", "512"]
+    # a bare name the manifest does not have still loads a folder of that name
+    shutil.copytree(pemr_dir, tmp_path / "mymodel")
+    r = run_cli(["embed", "song.wav", "-m", "mymodel", "--json"], cwd=tmp_path)
+    assert r.returncode == 0 and len(json.loads(r.stdout)["embedding"]) == 16, r.stderr

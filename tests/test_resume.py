@@ -249,7 +249,7 @@ def test_failed_final_write_keeps_old_output_and_results(small, pemr_dir, tmp_pa
 
         m.setattr(outputs, "_write_numpy", broken)
         r = _embed(base)
-    assert r.exit_code == 1 and "No space left on device" in r.output and "--resume" in r.output
+    assert r.exit_code == 2 and "No space left on device" in r.output and "--resume" in r.output
     assert "Traceback" not in r.output
     assert out.read_bytes() == b"previous complete output"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.npz", "o.npz.partial", "small"]
