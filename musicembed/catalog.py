@@ -11,10 +11,14 @@ Layout of ``OUT.partial``: records of ``MAGIC (4 bytes) | payload length (u64 LE
 crc32 of the payload (u32 LE) | payload``. The first record (magic ``MEH1``) holds the run's
 settings as JSON: the model (name, version, a fingerprint of config and weights) and the
 options that change vectors. Every later record (``MER1``) is one finished file, an
-uncompressed ``.npz`` (no pickles) holding its key and its :class:`Embedding`. A file's key
-is its absolute path, size and modification time, so a file changed since it was recorded
-is embedded again. A torn or damaged tail (the record being written when the run died) is
-detected by length and checksum, cut off, and its file embedded again.
+uncompressed ``.npz`` (no pickles) holding its key, the sha256 of the file's content when
+it was recorded, and its :class:`Embedding`. A file's key is its absolute path, size and
+modification time (ns). The rule of ``--resume``: a recorded result is reused when the
+file's key is unchanged; a file rewritten with the same size and modification time (a
+restored backup, ``touch -d``) is therefore not noticed, unless ``--rehash`` is given:
+then a result is reused only when the file's sha256 also equals the recorded one (every
+file is read once more). A torn or damaged tail (the record being written when the run
+died) is detected by length and checksum, cut off, and its file embedded again.
 """
 
 from __future__ import annotations
@@ -80,9 +84,20 @@ def run_settings(model, *, window_seconds: float | None, hop_seconds: float | No
     }
 
 
-def _encode(key: str, e: Embedding) -> bytes:
+def content_hash(key: str) -> str | None:
+    """sha256 (hex) of the content of the file a :func:`file_key` names; None if it cannot be read."""
+    from .hub import sha256_file
+
+    try:
+        return sha256_file(json.loads(key)[0])
+    except (OSError, ValueError, TypeError, IndexError, KeyError):  # unreadable now, or not a file key
+        return None
+
+
+def _encode(key: str, e: Embedding, sha256: str | None) -> bytes:
     arrays: dict[str, np.ndarray] = {
-        "key": np.array(key), "source": np.array(e.source), "clip": e.clip, "vectors": e.vectors,
+        "key": np.array(key), "sha256": np.array(sha256 or ""), "source": np.array(e.source), "clip": e.clip,
+        "vectors": e.vectors,
         "starts": np.asarray(e.starts), "ends": np.asarray(e.ends), "duration": np.array(e.duration, np.float64),
     }
     for n, lv in enumerate(e.levels or []):
@@ -94,7 +109,7 @@ def _encode(key: str, e: Embedding) -> bytes:
     return buf.getvalue()
 
 
-def _decode(payload: bytes) -> tuple[str, Embedding]:
+def _decode(payload: bytes) -> tuple[str, Embedding, str | None]:
     with np.load(io.BytesIO(payload), allow_pickle=False) as z:
         d = {k: z[k] for k in z.files}
     levels = []
@@ -105,15 +120,17 @@ def _decode(payload: bytes) -> tuple[str, Embedding]:
         n += 1
     e = Embedding(source=str(d["source"]), clip=d["clip"], vectors=d["vectors"], starts=d["starts"],
                   ends=d["ends"], duration=float(d["duration"]), levels=levels or None)
-    return str(d["key"]), e
+    return str(d["key"]), e, (str(d["sha256"]) or None) if "sha256" in d else None
 
 
 def _frame(magic: bytes, payload: bytes) -> bytes:
     return _HEAD.pack(magic, len(payload), zlib.crc32(payload)) + payload
 
 
-def read_records(f) -> tuple[dict[str, Any] | None, dict[str, Embedding], int]:
-    """Parse a store from the start: (settings or None, {key: Embedding}, offset of the end of the last good record)."""
+def read_records(f, hashes: dict[str, str | None] | None = None) -> tuple[dict[str, Any] | None,
+                                                                        dict[str, Embedding], int]:
+    """Parse a store from the start: (settings or None, {key: Embedding}, offset of the end of the last good
+    record); ``hashes``, when given, receives each key's recorded content sha256."""
     size = os.fstat(f.fileno()).st_size
     f.seek(0)
     meta, done, good = None, {}, 0
@@ -133,8 +150,10 @@ def read_records(f) -> tuple[dict[str, Any] | None, dict[str, Embedding], int]:
             if magic == _MAGIC_META:
                 meta = json.loads(payload)
             else:
-                key, e = _decode(payload)
+                key, e, sha = _decode(payload)
                 done[key] = e
+                if hashes is not None:
+                    hashes[key] = sha
         except Exception:  # checksum fine but unreadable: treat as the damaged tail
             break
         good = f.tell()
@@ -171,6 +190,7 @@ class PartialStore:
         self.path = path
         self._f = f
         self._fresh: dict[str, Any] | None = None  # settings of a new store, written with its first record
+        self.hashes: dict[str, str | None] = {}  # key -> content sha256 of the records read back
 
     @classmethod
     def open(cls, out: str | os.PathLike, settings: dict[str, Any],
@@ -190,7 +210,7 @@ class PartialStore:
             note, done = None, {}
             size = os.fstat(f.fileno()).st_size
             if resume:
-                meta, done, good = read_records(f)
+                meta, done, good = read_records(f, store.hashes)
                 if meta is None:
                     note = f"--resume: no partial results in {path}; embedding everything"
                 elif meta != settings:
@@ -234,11 +254,20 @@ class PartialStore:
         os.fsync(self._f.fileno())
 
     def append(self, key: str, result: Embedding) -> None:
-        """Record one finished file (durable when this returns)."""
+        """Record one finished file with its content hash (durable when this returns)."""
+        sha = content_hash(key)
         if self._fresh is not None:
             self._reset(self._fresh)
             self._fresh = None
-        self._write(_frame(_MAGIC_RECORD, _encode(key, result)))
+        self._write(_frame(_MAGIC_RECORD, _encode(key, result, sha)))
+
+    def reusable(self, key: str | None, done: dict[str, Embedding], rehash: bool = False) -> Embedding | None:
+        """The recorded result for ``key`` if the rule of ``--resume`` (module docstring) allows reusing it."""
+        if key is None or key not in done:
+            return None
+        if rehash and (self.hashes.get(key) is None or content_hash(key) != self.hashes[key]):
+            return None
+        return done[key]
 
     def close(self) -> None:
         """Close (and unlock), keeping the file for a later ``--resume`` (unless this run left it empty)."""

@@ -108,11 +108,15 @@ def _fail(msg: str) -> None:
                    "folder given decides). Write each part to a .npz and combine them with `musicembed merge`.")
 @click.option("--resume", is_flag=True,
               help="Continue an interrupted run with the same --out: files it finished (kept in OUT.partial "
-                   "while a run is under way) are not embedded again.")
+                   "while a run is under way) are not embedded again, unless their path, size or modification "
+                   "time changed.")
+@click.option("--rehash", is_flag=True,
+              help="With --resume: reuse a finished file only if its content (sha256) is also unchanged, e.g. "
+                   "after files were replaced keeping their size and modification time.")
 def embed(paths: tuple[Path, ...], recursive: bool, model_name: str, out: Path | None, timestamps: bool,
           hierarchical: bool, window_seconds: float | None, hop_seconds: float | None, device: str | None,
           batch_size: int | None, fast: bool, as_json: bool, progress: bool | None, shard_spec: str | None,
-          resume: bool) -> None:
+          resume: bool, rehash: bool) -> None:
     """Embed audio files (WAV, FLAC, OGG, MP3, ...) and folders.
 
     Files that fail are reported on stderr with the reason; every other file is still
@@ -131,12 +135,19 @@ def embed(paths: tuple[Path, ...], recursive: bool, model_name: str, out: Path |
     """
     from .audio import find_audio_files
     from .embedder import load_model
-    from .outputs import FORMATS, to_json, write_results
+    from .outputs import FORMATS, check_options, to_json, write_results
 
     if out is not None and out.suffix.lower() not in FORMATS:
         _fail(f"--out must end in one of {', '.join(FORMATS)} (got {out.name!r})")
+    if out is not None:
+        try:
+            check_options(out, windows=timestamps, levels=hierarchical)
+        except ValueError as e:
+            _fail(str(e))
     if resume and out is None:
         _fail("--resume needs --out FILE: it continues the interrupted run that was writing FILE")
+    if rehash and not resume:
+        _fail("--rehash is an option of --resume: it decides which recorded results are reused")
     files, problems = find_audio_files(list(paths), recursive=recursive, report_unsupported=True)
     selection = None
     if shard_spec is not None:  # the sharding logic lives in musicembed/shard.py
@@ -171,7 +182,8 @@ def embed(paths: tuple[Path, ...], recursive: bool, model_name: str, out: Path |
         if note:
             click.echo(note, err=True)
         keys = [file_key(f) for f in files]
-        finished = {i: replace(done[k], source=str(files[i])) for i, k in enumerate(keys) if k in done}
+        reuse = {i: store.reusable(k, done, rehash) for i, k in enumerate(keys)}
+        finished = {i: replace(e, source=str(files[i])) for i, e in reuse.items() if e is not None}
         if resume:
             click.echo(f"resuming: {len(finished)} of {len(files)} file(s) already embedded; "
                        f"embedding the other {len(files) - len(finished)}", err=True)

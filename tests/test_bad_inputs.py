@@ -613,3 +613,76 @@ def test_manifest_name_wins_over_a_folder_of_that_name(pemr_dir, tmp_path):
     shutil.copytree(pemr_dir, tmp_path / "mymodel")
     r = run_cli(["embed", "song.wav", "-m", "mymodel", "--json"], cwd=tmp_path)
     assert r.returncode == 0 and len(json.loads(r.stdout)["embedding"]) == 16, r.stderr
+
+
+# -- 4. .npy: each row carries its own path, names round-trip exactly
+
+def test_npy_rows_carry_their_paths_exactly(pemr_dir, tmp_path):
+    music = tmp_path / "music"
+    music.mkdir()
+    names = ["a.wav", "new\nline.wav", "tab\there.wav", "z.wav"]
+    for k, n in enumerate(names):
+        sf.write(music / n, tone(300 + 100 * k, 1.0), SR)
+    sf.write(os.fsencode(music / BAD_UTF8), tone(800, 1.0), SR, format="WAV")
+    out = tmp_path / "out.npy"
+    r = run_cli(["embed", str(music), "-r", "-m", str(pemr_dir), "--out", str(out)])
+    assert r.returncode == 0, r.stderr
+    rows = np.load(out)  # no pickle needed
+    assert not (tmp_path / "out.paths.txt").exists()
+    got = [os.path.basename(p) for p in rows["path"]]
+    assert sorted(got) == sorted(names + [BAD_UTF8])  # the newline did not split a name, the bytes survived
+    m = load_model(pemr_dir, device="cpu")
+    for p, v, dur in zip(rows["path"], rows["embedding"], rows["duration"]):
+        np.testing.assert_allclose(v, m.embed(os.fsdecode(os.fsencode(p))), rtol=1e-5, atol=1e-6)
+        assert 0.99 < dur < 1.01
+
+
+@pytest.mark.parametrize("flag", ["--timestamps", "--hierarchical"])
+def test_npy_with_per_window_options_is_refused(pemr_dir, mart_dir, tmp_path, flag):
+    sf.write(tmp_path / "a.wav", tone(440, 1.0), SR)
+    model = mart_dir if flag == "--hierarchical" else pemr_dir
+    r = call_with_timeout(lambda: CliRunner().invoke(cli, ["embed", str(tmp_path / "a.wav"), "-m", str(model),
+                                                          "--out", str(tmp_path / "o.npy"), flag]))
+    assert r.exit_code == 2 and ".npz or .jsonl" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "o.npy").exists()
+
+
+# -- 5. --resume: the stale rule, and --rehash
+
+def test_resume_rehash_notices_content_changed_under_the_same_size_and_mtime(pemr_dir, tmp_path, monkeypatch):
+    from musicembed.catalog import PartialStore
+
+    music = tmp_path / "music"
+    music.mkdir()
+    for k in range(3):
+        sf.write(music / f"s{k}.wav", tone(300 + 100 * k, 1.0, 16000), 16000, subtype="PCM_16")
+    out = tmp_path / "o.npz"
+    base = ["embed", str(music), "-r", "-m", str(pemr_dir), "--out", str(out)]
+    real = PartialStore.append
+
+    def append_then_interrupt(self, key, result):
+        real(self, key, result)
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(PartialStore, "append", append_then_interrupt)
+        r = call_with_timeout(lambda: CliRunner().invoke(cli, base))
+    assert r.exit_code == 130 and "interrupted" in r.stderr and not out.exists()  # item 12: its own code
+    # s0 was recorded; now replace it with other audio of the same length, keeping its mtime
+    st = os.stat(music / "s0.wav")
+    sf.write(music / "s0.wav", noise(1.0, 16000), 16000, subtype="PCM_16")
+    os.utime(music / "s0.wav", ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(music / "s0.wav").st_size == st.st_size
+    fresh = load_model(pemr_dir, device="cpu").embed(music / "s0.wav")
+    store = out.with_name(out.name + ".partial")
+    saved = store.read_bytes()
+    r = call_with_timeout(lambda: CliRunner().invoke(cli, [*base, "--resume"]))
+    assert r.exit_code == 0 and "resuming: 1 of 3" in r.stderr, r.output
+    stale = np.load(out)["embeddings"][0]
+    assert not np.allclose(stale, fresh, atol=1e-4)  # the documented limit of the size+mtime rule
+    store.write_bytes(saved)
+    r = call_with_timeout(lambda: CliRunner().invoke(cli, [*base, "--resume", "--rehash"]))
+    assert r.exit_code == 0 and "resuming: 0 of 3" in r.stderr, r.output
+    np.testing.assert_allclose(np.load(out)["embeddings"][0], fresh, rtol=1e-5, atol=1e-6)
+    r = call_with_timeout(lambda: CliRunner().invoke(cli, [*base, "--rehash"]))
+    assert r.exit_code == 2 and "--rehash is an option of --resume" in r.output
