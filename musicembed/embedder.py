@@ -8,6 +8,7 @@ different files share batches.
 
 from __future__ import annotations
 
+import numbers
 import os
 import queue
 import threading
@@ -252,14 +253,15 @@ class Model:
                 raise ValueError(f"{what} must be between 0 and {MAX_WINDOW_SECONDS:g} s, got {v}")
         window = int(round((window_seconds or self.config.window_seconds) * sr))
         hop = int(round(hop_seconds * sr)) if hop_seconds else window
-        if window < 1 or hop < 1:
-            raise ValueError("window_seconds and hop_seconds must be positive")
-        if self.config.method == "mart" and window // self.config.mart.parts ** (self.config.mart.levels - 1) < self.config.mart.frames:
-            raise ValueError(f"window of {window / sr:g} s is too short for this MART model's hierarchy")
         if window != self.config.window_samples:
             self._check_window(window)
-        bs = batch_size or (DEFAULT_GPU_BATCH if self.device.type == "cuda"
-                            else DEFAULT_CPU_BATCH_BY_METHOD.get(self.config.method, DEFAULT_CPU_BATCH))
+        if hop < self._frame_samples(window):
+            raise ValueError(f"hop_seconds={hop_seconds:g} is shorter than one frame of this model "
+                             f"({self._frame_samples(window) / sr:g} s at this window): windows that close "
+                             "would repeat each other; use at least one frame")
+        bs = _check_batch_size(batch_size) or (DEFAULT_GPU_BATCH if self.device.type == "cuda"
+                                               else DEFAULT_CPU_BATCH_BY_METHOD.get(self.config.method,
+                                                                                    DEFAULT_CPU_BATCH))
         q: queue.Queue = queue.Queue(maxsize=_QUEUE_BLOCKS)
         stop = threading.Event()
         producer = threading.Thread(target=_produce, args=(inputs, sr, sample_rate, q, stop), daemon=True)
@@ -319,15 +321,35 @@ class Model:
             if bar is not None:
                 bar.close()
 
+    def _frame_samples(self, window: int) -> int:
+        """Samples between two frames of the finest log-mel the model computes for ``window``:
+        the smallest useful hop between windows. MART scales its hop with the clip length."""
+        c = self.config
+        if c.method == "mart":
+            return max(1, window // c.mart.parts ** (c.mart.levels - 1) // c.mart.frames)
+        return c.frontend.hop_length
+
     @torch.inference_mode()
-    def _check_window(self, window: int) -> None:
-        """A window other than the trained one must still fit the frontend and encoder: one dry run."""
+    def _fits(self, window: int) -> bool:
+        """Whether a window of ``window`` samples fits the frontend and encoder: one dry run."""
         try:
             with self._lock:
                 self.net(torch.zeros(1, window, device=self.device))
-        except RuntimeError as e:
-            raise ValueError(f"a window of {window / self.sample_rate:g} s does not fit this model: "
-                             f"{str(e).splitlines()[0][:200]}") from None
+        except (RuntimeError, ValueError):  # too few frames for the pools, reflect padding, MART hops
+            return False
+        return True
+
+    def _check_window(self, window: int) -> None:
+        """A window other than the trained one must still fit: else name the smallest that does."""
+        if window < 1 or not self._fits(window):
+            lo, hi = max(window, 0), self.config.window_samples  # the trained window fits
+            if window < hi:
+                while hi - lo > 1:  # the smallest fitting window, by bisection (fitting grows with length)
+                    mid = (lo + hi) // 2
+                    lo, hi = (lo, mid) if self._fits(mid) else (mid, hi)
+                raise ValueError(f"a window of {window / self.sample_rate:g} s is too short for this model: "
+                                 f"its encoder needs at least {hi / self.sample_rate:.4g} s ({hi} samples)")
+            raise ValueError(f"a window of {window / self.sample_rate:g} s does not fit this model")
 
     @torch.inference_mode()
     def _run(self, batch: list[tuple[int, int, np.ndarray]], tracks: dict[int, _Track], hierarchical: bool,
@@ -450,7 +472,9 @@ def _cut_windows(idx: int, t: _Track, window: int, hop: int, final: bool) -> lis
     out = []
     while t.next_start + window <= t.offset + len(t.pending):
         s = t.next_start - t.offset
-        out.append((idx, t.next_start, t.pending[s : s + window].copy()))
+        # A view, not a copy: with a small hop a 30-s block holds thousands of overlapping windows,
+        # and copies of them all would cost (block / hop) x window samples.
+        out.append((idx, t.next_start, t.pending[s : s + window]))
         t.next_start += hop
     if final:
         covered = t.next_start - hop + window if t.windows + len(out) else 0
@@ -521,6 +545,15 @@ def _get(q: queue.Queue, producer: threading.Thread) -> object:
         except queue.Empty:
             if not producer.is_alive() and q.empty():
                 return _ProducerFailed(RuntimeError("the decoding thread ended without finishing its inputs"))
+
+
+def _check_batch_size(batch_size: object) -> int | None:
+    """``batch_size`` as given (None: the default), refused unless a positive int."""
+    if batch_size is None:
+        return None
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer (windows per forward pass), got {batch_size!r}")
+    return int(batch_size)
 
 
 def _progress_bar(total: int, progress: bool | None):

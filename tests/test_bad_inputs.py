@@ -475,8 +475,8 @@ def test_file_without_read_permission_real(pemr_dir, tmp_path):
 # ----------------------------------------------------------------------------- options that cannot work
 
 @pytest.mark.parametrize("opts,reason", [
-    (["--window", "0.001"], "does not fit this model"),  # shorter than the FFT
-    (["--window", "0.02"], "does not fit this model"),  # pooled down to nothing
+    (["--window", "0.001"], "too short for this model: its encoder needs at least"),  # shorter than the FFT
+    (["--window", "0.02"], "too short for this model: its encoder needs at least"),  # pooled down to nothing
     (["--window", "1e9"], "between 0 and 3600 s"),  # would zero-pad each file to 32 years
     (["--window", "nan"], "between 0 and 3600 s"),
     (["--hop", "0"], "between 0 and 3600 s"),
@@ -686,3 +686,60 @@ def test_resume_rehash_notices_content_changed_under_the_same_size_and_mtime(pem
     np.testing.assert_allclose(np.load(out)["embeddings"][0], fresh, rtol=1e-5, atol=1e-6)
     r = call_with_timeout(lambda: CliRunner().invoke(cli, [*base, "--rehash"]))
     assert r.exit_code == 2 and "--rehash is an option of --resume" in r.output
+
+
+# -- 6. window and hop are checked against the model; memory does not grow with 1/hop
+
+@pytest.mark.parametrize("opts,reason", [
+    (["--window", "0.05"], r"too short for this model: its encoder needs at least 0\.\d+ s \(\d+ samples\)"),
+    (["--hop", "0.001"], r"shorter than one frame of this model \(0\.008 s"),
+    (["--hop", "0.00001"], r"shorter than one frame"),
+])
+def test_window_and_hop_limits_are_named(pemr_dir, matrix, opts, reason):
+    _, paths = matrix
+    r = call_with_timeout(lambda: CliRunner().invoke(cli, ["embed", str(paths["pure_silence"]), "-m", str(pemr_dir),
+                                                          *opts]))
+    assert r.exit_code == 2 and re.search(reason, r.output), r.output
+    assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_the_named_minimum_window_fits_and_one_sample_less_does_not(pemr_dir, mart_dir, tmp_path):
+    for d in (pemr_dir, mart_dir):
+        m = load_model(d, device="cpu")
+        with pytest.raises(ValueError, match="needs at least") as e:
+            m.embed(tone(440, 2.0, 16000), sample_rate=16000, window_seconds=0.01)
+        need = int(re.search(r"\((\d+) samples\)", str(e.value)).group(1))
+        v = m.embed(tone(440, 2.0, 16000), sample_rate=16000, window_seconds=need / 16000)
+        assert np.isfinite(v).all()
+        with pytest.raises(ValueError, match="needs at least"):
+            m.embed(tone(440, 2.0, 16000), sample_rate=16000, window_seconds=(need - 1) / 16000)
+
+
+_PEAK = """
+import resource, sys
+import numpy as np
+from musicembed import load_model
+m = load_model(sys.argv[1], device="cpu")
+m.embed(np.zeros(16000, np.float32), sample_rate=16000)  # warm up: the first batch allocates the caches
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+e = m.embed(sys.argv[2], hop_seconds=float(sys.argv[3]), return_timestamps=True)
+print(len(e.vectors), (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
+"""
+
+
+def test_memory_does_not_grow_with_one_over_hop(pemr_dir, tmp_path):
+    """A small hop makes a 30-s block hold thousands of overlapping windows: they are views of the
+    decoded block, not copies (copies cost 120 MB per block here at a hop of one frame)."""
+    f = tmp_path / "long.wav"
+    sf.write(f, noise(120.0, 16000), 16000)
+    peaks = {}
+    for hop in ("0.5", "0.008"):  # the window, and one frame
+        try:
+            r = subprocess.run([sys.executable, "-c", _PEAK, str(pemr_dir), str(f), hop], capture_output=True,
+                               text=True, timeout=SUBPROCESS_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            pytest.fail("hang")
+        assert r.returncode == 0, r.stderr[-2000:]
+        n, peaks[hop] = r.stdout.split()
+    assert int(n) > 14000  # one window per frame
+    assert float(peaks["0.008"]) - float(peaks["0.5"]) < 80, peaks

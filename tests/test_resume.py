@@ -196,7 +196,7 @@ def test_a_run_that_fails_before_its_first_result_keeps_the_old_store(small, pem
         _embed(base)
     before = partial_path(out).read_bytes()
     r = _embed([*base, "--resume", "--window", "0.001"])  # a typo: fails before embedding anything
-    assert r.exit_code != 0 and "does not fit this model" in r.output
+    assert r.exit_code != 0 and "too short for this model" in r.output
     assert partial_path(out).read_bytes() == before
     with monkeypatch.context() as m:
         seen = _spy_iter_embed(m)
