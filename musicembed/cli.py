@@ -162,7 +162,7 @@ def embed(paths: tuple[Path, ...], recursive: bool, model_name: str, out: Path |
         files = selection.files
     try:
         model = load_model(model_name, device=device, fast=fast)
-    except MusicEmbedError as e:
+    except (MusicEmbedError, ValueError) as e:  # ValueError: an unusable --device
         _fail(str(e))
     if hierarchical and model.config.method != "mart":
         _fail(f"--hierarchical needs a MART model (--model mart); {model_name!r} is {model.config.method}")

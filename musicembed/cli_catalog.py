@@ -34,7 +34,7 @@ def _load_model(name: str, device: str | None):
 
     try:
         return load_model(name, device=device)
-    except MusicEmbedError as e:
+    except (MusicEmbedError, ValueError) as e:  # ValueError: an unusable --device
         _fail(str(e))
 
 

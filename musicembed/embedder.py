@@ -21,7 +21,7 @@ from torch import nn
 
 from . import hub
 from .audio import AudioInput, stream_many
-from .config import ModelConfig
+from .config import MAX_WINDOW_SECONDS, ModelConfig
 from .errors import AudioError, MusicEmbedError
 from .inference import Prepared, prepare
 from .models import build_model
@@ -34,7 +34,6 @@ DEFAULT_CPU_BATCH = 4
 DEFAULT_CPU_BATCH_BY_METHOD = {"pemr": 4, "mart": 8}
 DEFAULT_GPU_BATCH = 64
 _QUEUE_BLOCKS = 4
-MAX_WINDOW_SECONDS = 3600.0  # a longer window would zero-pad every shorter file to its length
 
 
 @dataclass
@@ -229,8 +228,8 @@ class Model:
         return np.stack([r.clip for r in results])  # type: ignore[union-attr]
 
     def to(self, device: str | torch.device) -> "Model":
-        """Move the model to ``device`` ('cpu', 'cuda', 'cuda:1', ...)."""
-        self.device = torch.device(device)
+        """Move the model to ``device`` ('cpu', 'cuda', 'cuda:1', ...); ValueError if it is not usable here."""
+        self.device = _check_device(device)
         self.net.to(self.device)
         self._prepared = None  # rebuilt on the new device at the next batch
         return self
@@ -339,17 +338,29 @@ class Model:
             return False
         return True
 
+    def _window_problem(self, window: int) -> str | None:
+        """None when a window of ``window`` samples fits the model, else what is wrong with it,
+        naming the smallest window that fits (found by dry runs: fitting grows with length)."""
+        if window >= 1 and self._fits(window):
+            return None
+        hi, limit = self.config.window_samples, 64 * self.config.window_samples
+        while not self._fits(hi):  # the trained window fits, unless the config is broken
+            if hi >= limit:
+                return f"does not fit this model (nor does any window up to {limit} samples)"
+            hi = min(2 * hi, limit)
+        lo = 0
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if self._fits(mid) else (mid, hi)
+        if window < hi:
+            return f"too short for this model: its encoder needs at least {hi / self.sample_rate:.4g} s ({hi} samples)"
+        return "does not fit this model"
+
     def _check_window(self, window: int) -> None:
-        """A window other than the trained one must still fit: else name the smallest that does."""
-        if window < 1 or not self._fits(window):
-            lo, hi = max(window, 0), self.config.window_samples  # the trained window fits
-            if window < hi:
-                while hi - lo > 1:  # the smallest fitting window, by bisection (fitting grows with length)
-                    mid = (lo + hi) // 2
-                    lo, hi = (lo, mid) if self._fits(mid) else (mid, hi)
-                raise ValueError(f"a window of {window / self.sample_rate:g} s is too short for this model: "
-                                 f"its encoder needs at least {hi / self.sample_rate:.4g} s ({hi} samples)")
-            raise ValueError(f"a window of {window / self.sample_rate:g} s does not fit this model")
+        """A window other than the trained one must still fit the frontend and encoder."""
+        problem = self._window_problem(window)
+        if problem:
+            raise ValueError(f"a window of {window / self.sample_rate:g} s is {problem}")
 
     @torch.inference_mode()
     def _run(self, batch: list[tuple[int, int, np.ndarray]], tracks: dict[int, _Track], hierarchical: bool,
@@ -600,4 +611,28 @@ def load_model(name: str | os.PathLike = "pemr", device: str | torch.device | No
         raise hub.WeightsError(
             f"{resolved.source}: weights do not match the config's architecture: {' '.join(detail[:3])[:300]}"
         ) from None
-    return Model(net, resolved.config, device=device, source=resolved.source, fast=fast)
+    model = Model(net, resolved.config, device=_check_device(device), source=resolved.source, fast=fast)
+    problem = model._window_problem(resolved.config.window_samples)  # the model's own window must fit
+    if problem:
+        raise hub.WeightsError(f"{resolved.source}: config.json: window_samples = "
+                               f"{resolved.config.window_samples}: {problem}")
+    return model
+
+
+def _check_device(device: str | torch.device | None) -> torch.device | None:
+    """``device`` as a torch.device, refused with one clear line when it is not usable here."""
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"unknown device {device!r}: use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: CUDA is not available on this machine (use cpu)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ValueError(f"device {device!r}: MPS is not available on this machine (use cpu)")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {device!r}: embedding runs on cpu, cuda or mps, not {dev.type}")
+    return dev

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from dataclasses import dataclass
 from importlib import resources
@@ -132,9 +133,25 @@ def _verify(path: Path, expected: str | None, source: str) -> None:
         )
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config.json is a few kB
+
+
+def _read_small_file(path: Path, limit: int) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes; OSError or ValueError otherwise.
+    Opened without blocking, so a FIFO in its place is refused instead of waited on."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError("not a regular file")
+        if st.st_size > limit:
+            raise ValueError(f"{st.st_size} bytes, more than any config ({limit} bytes)")
+        return f.read(limit + 1)
+
+
 def _read_config(path: Path, source: str) -> tuple[ModelConfig, dict[str, Any]]:
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(_read_small_file(path, MAX_CONFIG_BYTES))
         if not isinstance(raw, dict):
             raise ValueError("not a JSON object")
         files = raw.pop("files", {})
@@ -143,7 +160,11 @@ def _read_config(path: Path, source: str) -> tuple[ModelConfig, dict[str, Any]]:
         return ModelConfig.from_dict(raw), files
     except FileNotFoundError:
         raise WeightsError(f"{source}: {CONFIG_NAME} not found in {path.parent}") from None
-    except (ValueError, TypeError) as e:
+    except OSError as e:  # a folder, a symlink loop, no permission
+        raise WeightsError(f"{source}: cannot read {path}: {e.strerror or e}") from None
+    except RecursionError:
+        raise WeightsError(f"{source}: invalid {CONFIG_NAME}: JSON nested too deeply") from None
+    except (ValueError, TypeError) as e:  # ValueError: names the field and the reason
         raise WeightsError(f"{source}: invalid {CONFIG_NAME}: {e}") from None
 
 

@@ -743,3 +743,87 @@ def test_memory_does_not_grow_with_one_over_hop(pemr_dir, tmp_path):
         n, peaks[hop] = r.stdout.split()
     assert int(n) > 14000  # one window per frame
     assert float(peaks["0.008"]) - float(peaks["0.5"]) < 80, peaks
+
+
+# -- 7. config.json: every field validated at load, the message names the field and the file
+
+def _set(section: str | None, key: str, value):
+    def tamper(cfg: dict) -> str:
+        target = cfg if section is None else cfg[section]
+        target[key] = value
+        return json.dumps(cfg)
+    return tamper
+
+
+def _nested(cfg: dict) -> str:
+    return json.dumps(cfg)[:-1] + ', "description": ' + "[" * 100_000 + "]" * 100_000 + "}"
+
+
+CONFIG_CASES = [  # (id, model, tamper -> text, or None for a file-shaped case; regex of the reason)
+    ("hop_0", "pemr", _set("frontend", "hop_length", 0), r"frontend\.hop_length = 0: must be between 1 and"),
+    ("window_100", "pemr", _set(None, "window_samples", 100),
+     r"window_samples = 100: too short for this model: its encoder needs at least"),
+    ("window_1e9", "pemr", _set(None, "window_samples", 10**9), r"window_samples = 1000000000: must be between"),
+    ("window_float", "pemr", _set(None, "window_samples", 8000.5), r"window_samples = 8000.5: must be an integer"),
+    ("pools_zero", "pemr", _set("encoder", "pools", [[0, 4], [4, 4]]), r"encoder\.pools = .*sizes 1\.\.64"),
+    ("pools_empty", "pemr", _set("encoder", "pools", []), r"encoder\.pools = \[\]: must be a non-empty list"),
+    ("rate_0", "pemr", _set("frontend", "sample_rate", 0), r"frontend\.sample_rate = 0: must be between 1000"),
+    ("rate_negative", "pemr", _set("frontend", "sample_rate", -16000), r"frontend\.sample_rate = -16000"),
+    ("n_fft_str", "pemr", _set("frontend", "n_fft", "512"), r"frontend\.n_fft = \"512\": must be an integer"),
+    ("f_min_nan", "pemr", _set("frontend", "f_min", float("nan")), r"frontend\.f_min = NaN: must be a finite"),
+    ("f_max_at_f_min", "pemr", _set("frontend", "f_max", 0.0), r"frontend\.f_max = 0: must be above f_min"),
+    ("top_db_negative", "pemr", _set("frontend", "top_db", -80.0), r"frontend\.top_db = -80.0: must be between"),
+    ("mel_scale", "pemr", _set("frontend", "mel_scale", "bark"), r"frontend\.mel_scale = \"bark\": must be one of"),
+    ("center_str", "pemr", _set("frontend", "center", "yes"), r"frontend\.center = \"yes\": must be true or false"),
+    ("mart_parts_0", "mart", _set("mart", "parts", 0), r"mart\.parts = 0: must be at least 1"),
+    ("mart_heads_0", "mart", _set("mart", "heads", 0), r"mart\.heads = 0: must be between 1 and"),
+    ("mart_levels_huge", "mart", _set("mart", "levels", 40), r"mart\.levels = 40: must be between 1 and 12"),
+    ("mart_dropout", "mart", _set("mart", "dropout", 2.0), r"mart\.dropout = 2.0: must be between 0 and"),
+    ("mart_section_list", "mart", _set(None, "mart", [1, 2]), r"mart must be an object of settings"),
+    ("deeply_nested", "pemr", _nested, r"JSON nested too deeply|description = .*must be a string"),
+    ("config_is_folder", "pemr", None, r"cannot read|not a regular file"),
+    ("config_is_fifo", "pemr", None, r"not a regular file"),
+    ("config_symlink_loop", "pemr", None, r"cannot read .*symbolic links"),
+]
+
+
+def _bad_model(case, pemr_dir: Path, mart_dir: Path, root: Path) -> Path:
+    import shutil
+
+    cid, which, tamper, _ = case
+    d = root / cid
+    shutil.copytree(pemr_dir if which == "pemr" else mart_dir, d)
+    cfg_path = d / "config.json"
+    if tamper is not None:
+        cfg_path.write_text(tamper(json.loads(cfg_path.read_text())))
+    else:
+        cfg_path.unlink()
+        if cid == "config_is_folder":
+            cfg_path.mkdir()
+        elif cid == "config_is_fifo":
+            os.mkfifo(cfg_path)  # reading it would wait for a writer forever
+        else:
+            cfg_path.symlink_to("config.json")
+    return d
+
+
+@pytest.mark.parametrize("case", CONFIG_CASES, ids=[c[0] for c in CONFIG_CASES])
+def test_bad_config_is_refused_at_load_naming_the_field(case, pemr_dir, mart_dir, tmp_path):
+    from musicembed import WeightsError
+
+    d = _bad_model(case, pemr_dir, mart_dir, tmp_path)
+    with pytest.raises(WeightsError) as e:
+        call_with_timeout(lambda: load_model(d, device="cpu"))
+    msg = str(e.value)
+    assert msg.startswith(f"{d}: ") and "config.json" in msg and re.search(case[3], msg), msg
+    assert "\n" not in msg
+
+
+def test_bad_configs_through_the_cli_one_line_each(pemr_dir, mart_dir, tmp_path):
+    sf.write(tmp_path / "a.wav", tone(440, 1.0), SR)
+    for case in CONFIG_CASES[::3]:
+        d = _bad_model(case, pemr_dir, mart_dir, tmp_path)
+        r = run_cli(["embed", str(tmp_path / "a.wav"), "-m", str(d), "--out", str(tmp_path / "o.npz")], timeout=120)
+        assert r.returncode == 2, (case[0], r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and re.search(case[3], lines[0]) and "Traceback" not in r.stderr, (case[0], r.stderr)
