@@ -99,6 +99,8 @@ def _encode(key: str, e: Embedding, sha256: str | None) -> bytes:
         "key": np.array(key), "sha256": np.array(sha256 or ""), "source": np.array(e.source), "clip": e.clip,
         "vectors": e.vectors,
         "starts": np.asarray(e.starts), "ends": np.asarray(e.ends), "duration": np.array(e.duration, np.float64),
+        "declared_duration": np.array(np.nan if e.declared_duration is None else e.declared_duration, np.float64),
+        "warning": np.array(e.warning or ""),
     }
     for n, lv in enumerate(e.levels or []):
         arrays[f"level{n}_vectors"] = lv.vectors
@@ -120,6 +122,9 @@ def _decode(payload: bytes) -> tuple[str, Embedding, str | None]:
         n += 1
     e = Embedding(source=str(d["source"]), clip=d["clip"], vectors=d["vectors"], starts=d["starts"],
                   ends=d["ends"], duration=float(d["duration"]), levels=levels or None)
+    if "declared_duration" in d and not np.isnan(d["declared_duration"]):
+        e.declared_duration = float(d["declared_duration"])
+    e.warning = (str(d["warning"]) or None) if "warning" in d else None
     return str(d["key"]), e, (str(d["sha256"]) or None) if "sha256" in d else None
 
 

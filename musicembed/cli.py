@@ -198,6 +198,8 @@ def embed(paths: tuple[Path, ...], recursive: bool, model_name: str, out: Path |
                 failures.append((str(files[i]), getattr(res, "reason", str(res))))
                 click.echo(f"error: {res}", err=True)
                 continue
+            if res.warning:
+                click.echo(f"warning: {res.source}: {res.warning}", err=True)
             if out is not None and not timestamps:  # keep only what the output holds: memory stays small
                 res = replace(res, vectors=res.vectors[:0], starts=res.starts[:0], ends=res.ends[:0])
             finished[i] = res
@@ -334,7 +336,8 @@ def info(paths: tuple[Path, ...], as_json: bool) -> None:
         if as_json:
             click.echo(json.dumps(asdict(i)))
         else:
-            click.echo(f"{i.path}: {i.duration:.3f}s  {i.sample_rate} Hz  {i.channels} ch  {i.format}/{i.subtype}")
+            length = f"{i.duration:.3f}s" if i.duration is not None else "length unknown (not in the header)"
+            click.echo(f"{i.path}: {length}  {i.sample_rate} Hz  {i.channels} ch  {i.format}/{i.subtype}")
     if failed:
         sys.exit(EXIT_FAILED_INPUTS)
 

@@ -12,6 +12,7 @@ import numbers
 import os
 import queue
 import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 
 from . import hub
-from .audio import AudioInput, stream_many
+from .audio import AudioInput, StreamEnd, _name_of, stream_many
 from .config import MAX_WINDOW_SECONDS, ModelConfig
 from .errors import AudioError, MusicEmbedError
 from .inference import Prepared, prepare
@@ -52,7 +53,10 @@ class Embedding:
 
     ``clip`` (D,) is the clip-level vector (mean over windows); ``vectors`` (W, D) are the
     per-window vectors with ``starts``/``ends`` in seconds; ``levels`` holds MART's per-level
-    vectors when ``hierarchical=True`` (level 0 = the windows themselves).
+    vectors when ``hierarchical=True`` (level 0 = the windows themselves). ``duration`` is the
+    audio that decoded (seconds), ``declared_duration`` the length the file's header declares
+    (None when unknown, and for arrays); ``warning`` says why a file decoded short
+    (truncated or damaged: see :mod:`musicembed.audio`), else None.
     """
 
     source: str
@@ -62,6 +66,13 @@ class Embedding:
     ends: np.ndarray
     duration: float
     levels: list[LevelEmbedding] | None = None
+    declared_duration: float | None = None
+    warning: str | None = None
+
+
+class TruncatedAudioWarning(UserWarning):
+    """A file decoded short of its declared length or stopped at a decoding error; what decoded
+    was embedded (``Embedding.warning`` says how much)."""
 
 
 class EmbedError(MusicEmbedError):
@@ -90,15 +101,12 @@ class _Track:
     vectors: list[np.ndarray] = field(default_factory=list)
     starts: list[int] = field(default_factory=list)
     levels: list[list[np.ndarray]] | None = None
+    end: StreamEnd = field(default_factory=StreamEnd)
 
 
 _END = object()
 
 
-def _source_name(x: AudioInput) -> str:
-    if isinstance(x, (np.ndarray, torch.Tensor)):
-        return "<array>"
-    return os.fspath(x)
 
 
 class Model:
@@ -215,6 +223,8 @@ class Model:
                 errors[i] = res
             else:
                 results[i] = res
+                if res.warning:
+                    warnings.warn(f"{res.source}: {res.warning}", TruncatedAudioWarning, stacklevel=2)
         if single and errors:
             raise errors[0]
         if errors:
@@ -282,13 +292,13 @@ class Model:
                     done = True
                 else:
                     idx, payload = item
-                    track = tracks.setdefault(idx, _Track(_source_name(inputs[idx])))
+                    track = tracks.setdefault(idx, _Track(_name_of(inputs[idx])))
                     if isinstance(payload, AudioError):
                         ready[idx] = payload
                         batch = [b for b in batch if b[0] != idx]
                         tracks.pop(idx)
-                    elif payload is None:
-                        track.finished = True
+                    elif isinstance(payload, StreamEnd):
+                        track.finished, track.end = True, payload
                         batch += _cut_windows(idx, track, window, hop, final=True)
                     else:
                         track.pending = np.concatenate([track.pending, payload]) if track.pending.size else payload
@@ -416,7 +426,8 @@ class Model:
                     ends=abs_spans[..., 1].reshape(-1) / sr,
                 ))
         return Embedding(source=t.source, clip=vectors.mean(axis=0).astype(np.float32), vectors=vectors,
-                         starts=starts / sr, ends=ends / sr, duration=t.total / sr, levels=levels)
+                         starts=starts / sr, ends=ends / sr, duration=t.total / sr, levels=levels,
+                         declared_duration=t.end.declared_seconds, warning=t.end.warning)
 
 
 # While embedding on CPU, the model's intra-op threads leave the decoding threads their cores:
@@ -530,7 +541,7 @@ def _put(q: queue.Queue, item: object, stop: threading.Event) -> bool:
 def _produce(inputs: Sequence[AudioInput], sr: int, source_rate: int | None, q: queue.Queue,
              stop: threading.Event) -> None:
     """Decode inputs in order (a pool of threads reads ahead, see :func:`stream_many`), putting
-    (index, block), (index, None) at the end of an input, or (index, AudioError); then _END.
+    (index, block), (index, StreamEnd) at the end of an input, or (index, AudioError); then _END.
     Whatever ends this thread, the last item is _END or a :class:`_ProducerFailed`, so the
     consumer never waits for an item that will not come."""
     try:
