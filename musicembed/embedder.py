@@ -212,6 +212,9 @@ class Model:
         if hierarchical and self.config.method != "mart":
             raise ValueError(f"hierarchical=True needs a MART model; {self.name!r} is {self.config.method}")
         single = isinstance(audio, (str, os.PathLike, np.ndarray, torch.Tensor))
+        if not single and not isinstance(audio, Sequence):
+            raise TypeError(f"audio must be a path, a numpy array, a torch tensor or a list of these, "
+                            f"got {type(audio).__name__}")
         inputs = [audio] if single else list(audio)
         if device is not None:
             self.to(device)
@@ -258,7 +261,8 @@ class Model:
         """Yield (index, Embedding or AudioError) for each input, in input order, as each finishes."""
         sr = self.sample_rate
         for what, v in (("window_seconds", window_seconds), ("hop_seconds", hop_seconds)):
-            if v is not None and not 0 < v <= MAX_WINDOW_SECONDS:  # NaN fails too
+            if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Real)
+                                  or not 0 < v <= MAX_WINDOW_SECONDS):  # NaN fails too
                 raise ValueError(f"{what} must be between 0 and {MAX_WINDOW_SECONDS:g} s, got {v}")
         window = int(round((window_seconds or self.config.window_seconds) * sr))
         hop = int(round(hop_seconds * sr)) if hop_seconds else window

@@ -939,3 +939,50 @@ def test_read_error_is_reported_as_a_read_error_not_damage(pemr_dir, tmp_path, e
     assert re.search(rf"fails\.{ext}: read error( after \d+\.\d\d s)?: Input/output error \(the disk", r.stderr), r.stderr
     assert "Traceback" not in r.stderr and "truncated" not in r.stderr
     assert [os.path.basename(p) for p in np.load(out)["paths"]] == ["fine.wav"]
+
+
+# -- 9. an input that resamples to no sample is an error (cases in FILE_CASES and ARRAY_CASES)
+# -- 10. API arguments
+
+def test_a_non_input_in_a_list_costs_only_itself(model, tmp_path):
+    sf.write(tmp_path / "good.wav", tone(440, 1.0), SR)
+    with pytest.raises(EmbedError) as e:
+        call_with_timeout(lambda: model.embed([None, tmp_path / "good.wav", 3.5, {"a": 1}]))
+    assert sorted(e.value.errors) == [0, 2, 3] and e.value.results[1] is not None
+    assert e.value.errors[0].reason == "expected a file path, numpy array or torch tensor"
+    assert str(e.value.errors[0]).startswith("None: ")
+    with pytest.raises(TypeError, match="audio must be a path"):
+        model.embed(None)
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"batch_size": -1}, "batch_size must be a positive integer"),
+    ({"batch_size": 0}, "batch_size must be a positive integer"),
+    ({"batch_size": 2.5}, "batch_size must be a positive integer"),
+    ({"batch_size": True}, "batch_size must be a positive integer"),
+    ({"hop_seconds": "1"}, "hop_seconds must be between"),
+    ({"window_seconds": float("inf")}, "window_seconds must be between"),
+    ({"device": "bogus"}, "unknown device 'bogus'"),
+    ({"device": "meta"}, "embedding runs on cpu, cuda or mps, not meta"),
+])
+def test_bad_api_arguments_are_value_errors(model, kw, match):
+    with pytest.raises(ValueError, match=match):
+        call_with_timeout(lambda: model.embed(tone(440, 1.0), sample_rate=SR, **kw))
+    assert model.device.type == "cpu"
+
+
+@pytest.mark.parametrize("device,match", [
+    ("bogus", "unknown device 'bogus'"), ("meta", "not meta"), ("cuda:7", "CUDA|7"), ("cuda", "CUDA"),
+])
+def test_bad_devices_on_the_command_line_are_one_line(pemr_dir, tmp_path, device, match):
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has the device")
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    sf.write(tmp_path / "a.wav", tone(440, 1.0), SR)
+    r = call_with_timeout(lambda: CliRunner().invoke(cli, ["embed", str(tmp_path / "a.wav"), "-m", str(pemr_dir),
+                                                          "--device", device]))
+    assert r.exit_code == 2 and re.search(match, r.output) and "Traceback" not in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1
