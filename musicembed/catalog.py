@@ -36,6 +36,7 @@ import numpy as np
 
 from .embedder import Embedding, LevelEmbedding
 from .errors import MusicEmbedError
+from .fileio import remove_stale_temporaries
 
 try:  # POSIX: one run per store at a time
     import fcntl
@@ -185,7 +186,8 @@ def _open_store(path: Path):
         raise StoreError(f"{path}: is {what}; musicembed creates this file itself and does not write into "
                          "other files: remove it (or choose another --out)")
     os.set_blocking(fd, True)
-    return os.fdopen(fd, "a+b")  # appends go to the end whatever the position
+    # Unbuffered: a failed write (a full disk) raises at once and leaves nothing pending for close().
+    return os.fdopen(fd, "a+b", buffering=0)  # appends go to the end whatever the position
 
 
 class PartialStore:
@@ -213,6 +215,10 @@ class PartialStore:
                                      "wait for it or choose another --out") from None
             store = cls(path, f)
             note, done = None, {}
+            stale = remove_stale_temporaries(out)  # this run holds the lock: no other run is writing OUT
+            if stale:
+                note = (f"removed {len(stale)} temporary file(s) left by an interrupted write of {out}: "
+                        f"{', '.join(p.name for p in stale)}")
             size = os.fstat(f.fileno()).st_size
             if resume:
                 meta, done, good = read_records(f, store.hashes)
@@ -254,9 +260,20 @@ class PartialStore:
                 os.close(dfd)
 
     def _write(self, data: bytes) -> None:
-        self._f.write(data)
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        """Append ``data`` durably; on failure (a full disk) the store is cut back to what it held."""
+        fd = self._f.fileno()
+        before = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except OSError:
+            try:
+                os.ftruncate(fd, before)
+            except OSError:
+                pass  # the torn record is dropped by the next --resume (length and checksum)
+            raise
 
     def append(self, key: str, result: Embedding) -> None:
         """Record one finished file with its content hash (durable when this returns)."""
@@ -277,9 +294,13 @@ class PartialStore:
     def close(self) -> None:
         """Close (and unlock), keeping the file for a later ``--resume`` (unless this run left it empty)."""
         if not self._f.closed:
-            if self._fresh is not None and os.fstat(self._f.fileno()).st_size == 0:
-                self.path.unlink(missing_ok=True)
-            self._f.close()
+            try:
+                if self._fresh is not None and os.fstat(self._f.fileno()).st_size == 0:
+                    self.path.unlink(missing_ok=True)
+            except OSError:
+                pass
+            finally:
+                self._f.close()  # unbuffered: nothing left to write that could fail here
 
     def remove(self) -> None:
         """The run completed and its output is written: delete the store."""

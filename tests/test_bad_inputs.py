@@ -986,3 +986,135 @@ def test_bad_devices_on_the_command_line_are_one_line(pemr_dir, tmp_path, device
                                                           "--device", device]))
     assert r.exit_code == 2 and re.search(match, r.output) and "Traceback" not in r.output, r.output
     assert len(r.output.strip().splitlines()) == 1
+
+
+# -- 11. a full disk while recording, and a kill at the final rename
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A 256-KiB tmpfs (root only), filled but for ``free`` bytes with a file to delete later."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({r.stderr.decode().strip()})")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def _fill(mnt: Path, leave: int) -> Path:
+    filler = mnt / "filler"
+    free = os.statvfs(mnt).f_bavail * os.statvfs(mnt).f_frsize
+    filler.write_bytes(bytes(max(free - leave, 0)))
+    return filler
+
+
+def test_full_disk_while_recording_is_one_line_and_resume_finishes(pemr_dir, tmp_path, small_disk):
+    music = tmp_path / "music"
+    music.mkdir()
+    for k in range(12):
+        sf.write(music / f"s{k:02d}.wav", tone(200 + 50 * k, 0.6, 16000), 16000)
+    ref = tmp_path / "ref.npz"
+    assert run_cli(["embed", str(music), "-r", "-m", str(pemr_dir), "--out", str(ref)]).returncode == 0
+    out = small_disk / "out.npz"
+    out.write_bytes(b"previous output")
+    filler = _fill(small_disk, 9000)  # room for a few records
+    r = run_cli(["embed", str(music), "-r", "-m", str(pemr_dir), "--out", str(out)])
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "out.npz.partial: cannot record results (No space left on device)" in lines[0]
+    assert "--resume" in lines[0] and "Traceback" not in r.stderr
+    assert out.read_bytes() == b"previous output"
+    filler.unlink()
+    r = run_cli(["embed", str(music), "-r", "-m", str(pemr_dir), "--out", str(out), "--resume"])
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"resuming: [1-9]\d* of 12 file\(s\) already embedded", r.stderr)
+    with np.load(out) as got, np.load(ref) as want:
+        np.testing.assert_array_equal(got["embeddings"], want["embeddings"])
+        assert list(got["paths"]) == list(want["paths"])
+
+
+_KILL_AT_RENAME = """
+import os, signal, sys
+real = os.replace
+def replace(src, dst, *a, **k):
+    if os.fspath(dst).endswith("out.npz"):
+        os.kill(os.getpid(), signal.SIGKILL)  # the temporary file is complete: killed just before the rename
+    return real(src, dst, *a, **k)
+os.replace = replace
+from musicembed.cli import cli
+cli(sys.argv[1:], prog_name="musicembed")
+"""
+
+
+def test_kill_at_the_final_rename_leaves_a_temporary_the_next_run_removes(pemr_dir, tmp_path):
+    import signal
+
+    sf.write(tmp_path / "a.wav", tone(440, 1.0), SR)
+    out = tmp_path / "out.npz"
+    args = ["embed", str(tmp_path / "a.wav"), "-m", str(pemr_dir), "--out", str(out)]
+    r = subprocess.run([sys.executable, "-c", _KILL_AT_RENAME, *args], capture_output=True, text=True,
+                       timeout=SUBPROCESS_TIMEOUT)
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    left = [p for p in tmp_path.iterdir() if p.name.startswith(".out.npz.") and p.name.endswith(".part")]
+    assert len(left) == 1 and left[0].stat().st_size > 0 and not out.exists()
+    unrelated = tmp_path / ".out.npz.notes.part.txt"
+    unrelated.write_text("not ours")
+    r = run_cli([*args, "--resume"])
+    assert r.returncode == 0 and f"removed 1 temporary file(s) left by an interrupted write" in r.stderr, r.stderr
+    assert not left[0].exists() and unrelated.exists() and out.exists()
+
+
+# -- 12. exit codes: 0 done, 1 some inputs failed (the rest written), 2 nothing written, 130 Ctrl-C
+
+_PACED = """
+import sys, time
+from musicembed import catalog
+real = catalog.PartialStore.append
+def paced(self, key, result):
+    real(self, key, result)
+    time.sleep(0.5)
+catalog.PartialStore.append = paced
+from musicembed.cli import cli
+cli(sys.argv[1:], prog_name="musicembed")
+"""
+
+
+def test_ctrl_c_exits_130_and_leaves_the_old_output(pemr_dir, tmp_path):
+    import signal
+    import time
+
+    music = tmp_path / "music"
+    music.mkdir()
+    for k in range(8):
+        sf.write(music / f"s{k}.wav", tone(200 + 50 * k, 0.6, 16000), 16000)
+    out = tmp_path / "out.npz"
+    out.write_bytes(b"previous output")
+    proc = subprocess.Popen([sys.executable, "-c", _PACED, "embed", str(music), "-r", "-m", str(pemr_dir),
+                             "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        store = tmp_path / "out.npz.partial"
+        deadline = time.monotonic() + SUBPROCESS_TIMEOUT
+        while not (store.exists() and store.stat().st_size > 0) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=SUBPROCESS_TIMEOUT)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "interrupted: nothing written" in err and "Traceback" not in err and "Aborted" not in err
+    assert out.read_bytes() == b"previous output" and store.stat().st_size > 0  # --resume can continue
+
+
+def test_exit_codes_are_distinct(pemr_dir, tmp_path):
+    sf.write(tmp_path / "a.wav", tone(440, 1.0), SR)
+    (tmp_path / "bad.wav").write_bytes(b"not audio" * 100)
+    base = ["embed", "-m", str(pemr_dir), "--out"]
+    assert run_cli([*base, str(tmp_path / "o.npz"), str(tmp_path / "a.wav")]).returncode == 0
+    r = run_cli([*base, str(tmp_path / "o.npz"), str(tmp_path / "a.wav"), str(tmp_path / "bad.wav")])
+    assert r.returncode == 1 and len(np.load(tmp_path / "o.npz")["paths"]) == 1  # written, one failed
+    r = run_cli(["embed", "-m", str(tmp_path / "no-model"), "--out", str(tmp_path / "p.npz"), str(tmp_path / "a.wav")])
+    assert r.returncode == 2 and not (tmp_path / "p.npz").exists()  # nothing written
