@@ -231,8 +231,9 @@ class PartialStore:
                     done = {}
                 else:
                     if good < size:
-                        note = (f"--resume: dropped the damaged last record of {path} ({size - good} bytes, "
-                                "written when the run was interrupted); its file is embedded again")
+                        note = (f"--resume: {path} is damaged from byte {good} on ({size - good} bytes: a record "
+                                "torn when the run was interrupted, or damaged since); the files recorded there "
+                                "are embedded again")
                     f.truncate(good)
                     os.fsync(f.fileno())
                     return store, done, note

@@ -262,11 +262,20 @@ def models(as_json: bool) -> None:
     def status(name: str, e: dict) -> tuple[bool, str, str]:
         """(available offline, where from, problem): a broken entry is listed, not fatal."""
         try:
-            hubinfo = e.get("hub") or {}
-            where = "bundled" if hub.bundled_dir(e) else (hubinfo.get("repo_id") or "-")
-            return hub.available_offline(name), where, ""
+            return hub.available_offline(name), "bundled" if hub.bundled_dir(e) else "hub", ""
         except (MusicEmbedError, KeyError, TypeError) as err:
             return False, "-", f"invalid manifest entry: {err}"
+
+    def weights_sha(e: dict) -> str:
+        """The first 12 hex digits of the weights file's sha256 (the manifest checks the whole)."""
+        files = e.get("files") if isinstance(e.get("files"), list) else []
+        sha = next((f.get("sha256") for f in files if isinstance(f, dict) and f.get("name") == hub.WEIGHTS_NAME), None)
+        return sha[:12] if isinstance(sha, str) else "-"
+
+    def hub_repo(e: dict) -> str:
+        info = e.get("hub") if isinstance(e.get("hub"), dict) else {}
+        repo = info.get("repo_id") or "-"
+        return repo + ("" if info.get("published", True) or repo == "-" else " (unpublished)")
 
     if as_json:
         out = {}
@@ -278,11 +287,12 @@ def models(as_json: bool) -> None:
     if not manifest:
         click.echo("No models in the manifest. Load a local folder or hf-hub:<owner>/<repo> with --model.")
         return
-    rows = [("name", "method", "dim", "rate", "offline", "source", "description")]
+    rows = [("name", "method", "dim", "rate", "offline", "source", "sha256", "hub repository", "description")]
     for name, e in sorted(manifest.items()):
         offline, where, problem = status(name, e)
         rows.append((name, e.get("method", "?"), str(e.get("embedding_dim", "?")), str(e.get("sample_rate", "?")),
-                     "yes" if offline else "no", where, problem or e.get("description", "")))
+                     "yes" if offline else "no", where, weights_sha(e), hub_repo(e),
+                     problem or e.get("description", "")))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
@@ -305,6 +315,8 @@ def download(name: str, force: bool) -> None:
 
     try:
         res = hub.resolve(name, force_download=force)
+    except hub.HubUnreachableError as e:  # its remedy would be this very command
+        _fail(f"{e.problem}: connect to the network (or unset HF_HUB_OFFLINE) and try again")
     except MusicEmbedError as e:
         _fail(str(e))
     click.echo(f"{name}: ok ({res.weights})")

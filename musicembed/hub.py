@@ -180,20 +180,59 @@ def _resolve_dir(folder: Path, source: str, expected: dict[str, str] | None = No
     return Resolved(config=config, weights=weights, source=source)
 
 
+class HubUnreachableError(WeightsError):
+    """A file is needed from the Hub, which cannot be reached. ``problem`` and ``remedy`` are the
+    two halves of the message."""
+
+    def __init__(self, problem: str, remedy: str) -> None:
+        super().__init__(f"{problem}: {remedy}")
+        self.problem, self.remedy = problem, remedy
+
+
+_unreachable: dict[str, str | None] = {}  # Hub host -> why it cannot be reached (None: it can), per process
+
+
+def hub_unreachable() -> str | None:
+    """Why the Hub cannot be reached (HF_HUB_OFFLINE, no name resolution, no connection), or
+    None. One quick probe (5 s at most) per process, instead of the Hub client's retries."""
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    url = urlparse(constants.ENDPOINT)
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    if host not in _unreachable:
+        import socket
+
+        try:
+            socket.create_connection((host, port), timeout=5).close()
+            _unreachable[host] = None
+        except OSError as e:
+            _unreachable[host] = f"{host} cannot be reached: {e.strerror or e}"
+    return _unreachable[host]
+
+
 def _hub_download(repo_id: str, filename: str, revision: str | None, source: str, force: bool = False) -> Path:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
+    offline = hub_unreachable()
+    if offline and force:
+        raise WeightsError(f"{source}: --force downloads again, but the Hub cannot be reached ({offline})")
     try:
-        return Path(hf_hub_download(repo_id, filename, revision=revision, force_download=force))
+        return Path(hf_hub_download(repo_id, filename, revision=revision, force_download=force,
+                                    local_files_only=offline is not None))
     except LocalEntryNotFoundError:
-        raise WeightsError(
+        raise HubUnreachableError(
             f"{source}: {filename} is not in the local Hugging Face cache and the Hub cannot be reached "
-            "(offline or HF_HUB_OFFLINE=1). Download it once with network access: "
-            f"`musicembed download {source}`."
-        ) from None
+            f"({offline or 'offline'})",
+            f"run `musicembed download {source}` where the Hub can be reached, or copy the model folder "
+            "(config.json + model.safetensors) here and load it by its path") from None
     except Exception as e:  # network, auth, missing repo or revision: all reported the same way
-        raise WeightsError(f"{source}: could not fetch {filename} from the Hub repo {repo_id!r}: {e}") from None
+        raise WeightsError(f"{source}: could not fetch {filename} from the Hub repo {repo_id!r}: "
+                           f"{str(e).splitlines()[0][:300] if str(e) else type(e).__name__}") from None
 
 
 def _resolve_hub(repo_id: str, revision: str | None, source: str, expected: dict[str, str] | None = None,

@@ -1118,3 +1118,67 @@ def test_exit_codes_are_distinct(pemr_dir, tmp_path):
     assert r.returncode == 1 and len(np.load(tmp_path / "o.npz")["paths"]) == 1  # written, one failed
     r = run_cli(["embed", "-m", str(tmp_path / "no-model"), "--out", str(tmp_path / "p.npz"), str(tmp_path / "a.wav")])
     assert r.returncode == 2 and not (tmp_path / "p.npz").exists()  # nothing written
+
+
+# -- 13. the smaller ones
+
+def test_download_without_network_is_quick_and_not_circular(tmp_path):
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env.update(HF_ENDPOINT="http://127.0.0.1:9", HF_HUB_CACHE=str(tmp_path / "cache"), HF_HOME=str(tmp_path / "hf"))
+    for extra in ([], ["--force"]):
+        t = time.monotonic()
+        r = run_cli(["download", "hf-hub:someone/some-model", *extra], env=env)
+        assert time.monotonic() - t < 60  # no retries for a minute (was ~24 s of them on a quiet machine)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        line = r.stderr.strip()
+        assert len(line.splitlines()) == 1 and "127.0.0.1 cannot be reached" in line, line
+        assert "musicembed download" not in line  # not "run this same command"
+    # elsewhere the advice names the download command
+    r = run_python("from musicembed import load_model\ntry: load_model('hf-hub:someone/some-model')\n"
+                   "except Exception as e: print(e)")
+    assert "musicembed download hf-hub:someone/some-model" in r.stdout
+
+
+def test_models_lists_sha256_and_hub_repository():
+    from musicembed import hub
+
+    r = call_with_timeout(lambda: CliRunner().invoke(cli, ["models"]))
+    assert r.exit_code == 0
+    head = r.stdout.splitlines()[0]
+    assert "sha256" in head and "hub repository" in head
+    for name, e in hub.read_manifest()["models"].items():
+        sha = next(f["sha256"] for f in e["files"] if f["name"] == "model.safetensors")
+        row = next(ln for ln in r.stdout.splitlines() if ln.startswith(name + " "))
+        assert sha[:12] in row and e["hub"]["repo_id"] in row
+
+
+def test_a_damaged_middle_record_is_reported_as_such(pemr_dir, tmp_path, monkeypatch):
+    from musicembed.catalog import PartialStore
+
+    music = tmp_path / "music"
+    music.mkdir()
+    for k in range(4):
+        sf.write(music / f"s{k}.wav", tone(300 + 100 * k, 0.6, 16000), 16000)
+    out = tmp_path / "o.npz"
+    base = ["embed", str(music), "-r", "-m", str(pemr_dir), "--out", str(out)]
+    real, ends = PartialStore.append, []
+
+    def append(self, key, result):
+        real(self, key, result)
+        ends.append(self.path.stat().st_size)
+        if len(ends) == 3:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(PartialStore, "append", append)
+        assert call_with_timeout(lambda: CliRunner().invoke(cli, base)).exit_code == 130
+    store = out.with_name("o.npz.partial")
+    data = bytearray(store.read_bytes())
+    data[ends[0] + 40] ^= 0xFF  # inside the second of three records
+    store.write_bytes(bytes(data))
+    r = call_with_timeout(lambda: CliRunner().invoke(cli, [*base, "--resume"]))
+    assert r.exit_code == 0, r.output
+    assert f"is damaged from byte {ends[0]} on ({ends[2] - ends[0]} bytes" in r.stderr
+    assert "last record" not in r.stderr and "resuming: 1 of 4" in r.stderr
