@@ -120,7 +120,9 @@ def embed(paths: tuple[Path, ...], recursive: bool, model_name: str, out: Path |
     """Embed audio files (WAV, FLAC, OGG, MP3, ...) and folders.
 
     Files that fail are reported on stderr with the reason; every other file is still
-    embedded and written, and the exit code is 1.
+    embedded and written, and the exit code is 1. Truncated or damaged files are embedded
+    from what decodes, with a warning line naming the decoded and declared durations.
+    Exit code 2: nothing written (a bad option, model or output, a full disk); 130: Ctrl-C.
 
     With --out, each finished file is also recorded in OUT.partial as the run goes. An
     interrupted run leaves OUT as it was; run the same command with --resume to continue.
