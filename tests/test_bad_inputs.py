@@ -1197,3 +1197,43 @@ def test_batch_partners_change_vectors_only_by_float32_rounding(pemr_dir, tmp_pa
     for k, f in enumerate(files):
         alone = m.embed(f, batch_size=3)
         np.testing.assert_allclose(alone, together[k], rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- all of it, one real run
+
+def test_one_real_run_over_a_folder_of_every_file_case(matrix, pemr_dir, tmp_path):
+    """The matrix folder (every file-shaped case) plus good files, embedded by one real
+    `musicembed embed FOLDER -r --out` process: every good file written, every bad one named
+    on one line with its reason, every truncated one warned about, no traceback, no hang,
+    exit code 1 (some inputs failed, the rest written)."""
+    d, paths = matrix
+    sf.write(d / "good-first.wav", tone(330, 1.0), SR)
+    sf.write(d / "zz-good-last.flac", tone(550, 1.0), SR)
+    out = tmp_path / "all.npz"
+    try:
+        r = run_cli(["embed", str(d), "-r", "-m", str(pemr_dir), "--out", str(out)])
+    finally:
+        (d / "good-first.wav").unlink()
+        (d / "zz-good-last.flac").unlink()
+    assert r.returncode == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    with np.load(out) as z:
+        written = list(z["paths"])
+        assert np.isfinite(z["embeddings"]).all()
+    assert os.fspath(d / "good-first.wav") in written and os.fspath(d / "zz-good-last.flac") in written
+    failures = _failure_lines(r.stderr)
+    for c in FILE_CASES:
+        name = os.fspath(paths[c.id])
+        if not name.startswith(os.fspath(d) + os.sep) or os.path.isdir(name) or not os.path.lexists(name):
+            continue  # not a file in the folder (a missing path, a folder)
+        shown = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        lines = [ln for ln in failures if ln.strip().startswith((f"{name}: ", f"{shown}: "))]
+        expect = "ok" if c.id == "no_read_permission" else c.expect  # denied in process only (os.access patch)
+        if expect == "ok":
+            assert name in written and not lines, (c.id, lines)
+            warned = [ln for ln in r.stderr.splitlines() if ln.startswith((f"warning: {name}: ", f"warning: {shown}: "))]
+            assert len(warned) == (c.warn is not None), (c.id, warned)
+        else:
+            assert name not in written and len(lines) == 1 and re.search(expect, lines[0]), (c.id, lines)
+    n_failed = int(re.search(r"(\d+) input\(s\) failed", r.stderr).group(1))
+    assert n_failed == len(failures)
