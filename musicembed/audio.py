@@ -92,7 +92,10 @@ def declared_frames(f: sf.SoundFile) -> int | None:
         data = re.search(r"^data\s*:\s*(\d+) \(should be \d+\)", log, re.M)
         align = re.search(r"Block Align\s*:\s*(\d+)", log)
         if data and align and int(align.group(1)) > 0:
-            return max(f.frames, int(data.group(1)) // int(align.group(1)))
+            size = int(data.group(1))
+            if size == 0 or size >= 0xFFFFFF00:  # what streaming writers put there: "length unknown"
+                return None
+            return max(f.frames, size // int(align.group(1)))
     return f.frames
 
 

@@ -137,6 +137,18 @@ def _unknown_length_flac(d: Path) -> Path:
     return d / "stream.flac"
 
 
+def _streamed_wav(d: Path) -> Path:
+    """A WAV as a streaming writer leaves it: RIFF and data sizes 0xFFFFFFFF ("unknown")."""
+    import struct
+
+    sf.write(d / "streamed.wav", _x, SR, subtype="PCM_16")
+    b = bytearray((d / "streamed.wav").read_bytes())
+    i = b.index(b"data")
+    b[4:8] = b[i + 4 : i + 8] = struct.pack("<I", 0xFFFFFFFF)
+    (d / "streamed.wav").write_bytes(bytes(b))
+    return d / "streamed.wav"
+
+
 def _rate_header(name: str, rate: int) -> Callable[[Path], Path]:
     """A WAV whose header claims ``rate`` Hz for its 1 s of samples."""
     def make(d: Path) -> Path:
@@ -203,6 +215,7 @@ FILE_CASES = [
     Case("truncated_wav", _truncated("cut.wav", "WAV", 0.5), "ok", duration=(1.45, 1.55), declared=3.0,
          warn=r"decoded 1\.50 s of the 3\.00 s its header declares; embedded what decodes"),
     Case("flac_of_unknown_length", _unknown_length_flac, "ok", duration=(2.99, 3.01), declared="unknown"),
+    Case("wav_of_unknown_length", _streamed_wav, "ok", duration=(0.99, 1.01), declared="unknown"),
     Case("wav_header_claims_2ghz", _rate_header("ghz.wav", 2_000_000_000), r"resample to no sample"),
     Case("newline_in_name", _write("new\nline.wav", _x), "ok", duration=(0.99, 1.01)),
     Case("random_bytes_wav", _bytes("random.wav", np.random.default_rng(1).bytes(20000)), r"cannot decode"),
