@@ -13,7 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-FORMAT_VERSION = 1
+# 2: FrontendConfig.normalize, EncoderConfig.ceil_pools and time_pool (absent in 1, read as
+# their defaults, which compute what format 1 computed).
+FORMAT_VERSION = 2
+NORMALIZE_MODES = ("none", "window")
+TIME_POOLS = ("max", "mean")
 MIN_MODEL_SAMPLE_RATE = 1000  # Hz
 MAX_MODEL_SAMPLE_RATE = 768_000  # Hz
 MAX_WINDOW_SECONDS = 3600.0  # a longer window would zero-pad every shorter file to its length
@@ -106,6 +110,14 @@ class FrontendConfig:
     amin: float = 1e-10  # floor of the power before 10*log10
     top_db: float | None = None
     center: bool = True
+    # "window": every log-mel the encoder sees (a PEMR window, a MART clip of any level) is
+    # standardised to zero mean and unit variance over all its bins, so a gain change of the
+    # input moves nothing. "none": the dB values as computed (converted official checkpoints).
+    normalize: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.normalize not in NORMALIZE_MODES:
+            raise ValueError(f"frontend.normalize must be one of {NORMALIZE_MODES}, got {self.normalize!r}")
 
     def validate(self, where: str = "") -> None:
         """Raise ValueError naming the field (and ``where``, e.g. the file) for an unusable value."""
@@ -123,6 +135,7 @@ class FrontendConfig:
             "filterbank_sample_rate": _between(MIN_MODEL_SAMPLE_RATE, MAX_MODEL_SAMPLE_RATE),
             "amin": _between(1e-30, 1.0),
             "top_db": _between(1e-3, 1e4),
+            "normalize": _one_of(*NORMALIZE_MODES),
         })
         if self.f_max is not None and self.f_max <= self.f_min:
             raise ValueError(_at(where, f"frontend.f_max = {self.f_max:g}: must be above f_min ({self.f_min:g})"))
@@ -132,15 +145,24 @@ class FrontendConfig:
 class EncoderConfig:
     """Fully convolutional encoder (FCN-4 / FCN-7 of Choi et al.): conv3x3-BN-ReLU-MaxPool blocks.
 
-    ``pools`` are (frequency, time) max-pool sizes per block. Whatever time steps remain
-    after the last block are max-pooled; the remaining frequency rows are flattened, so the
-    output size is ``channels[-1] * (n_mels // prod(freq pools))``.
+    ``pools`` are (frequency, time) max-pool sizes per block. With ``ceil_pools`` a pool also
+    covers the rows and frames left over at the end (ceil mode), so every frame reaches the
+    output; without it they are dropped (floor mode, the authors' FCN). Whatever time steps
+    remain after the last block are pooled by ``time_pool`` ("max" or "mean"); the remaining
+    frequency rows are flattened, so the output size is
+    ``channels[-1] * ceil_or_floor(n_mels / prod(freq pools))``.
     """
 
     arch: str = "fcn4"
     channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
     pools: list[list[int]] = field(default_factory=lambda: [[2, 4], [2, 4], [2, 4], [4, 2]])
     input_bn: bool = True
+    ceil_pools: bool = False
+    time_pool: str = "max"
+
+    def __post_init__(self) -> None:
+        if self.time_pool not in TIME_POOLS:
+            raise ValueError(f"encoder.time_pool must be one of {TIME_POOLS}, got {self.time_pool!r}")
 
     def validate(self, where: str = "") -> None:
         """Raise ValueError naming the field (and ``where``, e.g. the file) for an unusable value."""
@@ -150,6 +172,7 @@ class EncoderConfig:
             "pools": lambda v: None if len(v) == len(self.channels) and all(len(q) == 2 and all(1 <= k <= 64 for k in q)
                                                                           for q in v)
             else "must be one [frequency, time] pair of sizes 1..64 per block of channels",
+            "time_pool": _one_of(*TIME_POOLS),
         })
 
 
@@ -189,6 +212,17 @@ class MartConfig:
             "lambda_whole": _between(-1e3, 1e3),
             "lambda_part": _between(-1e3, 1e3),
         })
+
+
+@dataclass(frozen=True)
+class MartLevel:
+    """One level of MART's hierarchy inside a window: ``count`` clips of ``clip`` samples, each
+    turned into ``frames`` log-mel frames with an STFT hop of ``hop`` samples."""
+
+    level: int
+    count: int
+    clip: int
+    hop: int
 
 
 @dataclass
@@ -243,10 +277,29 @@ class ModelConfig:
     def embedding_dim(self) -> int:
         freq = self.frontend.n_mels
         for f, _ in self.encoder.pools:
-            freq //= f
+            freq = -(-freq // f) if self.encoder.ceil_pools else freq // f
         if freq < 1:
             raise ValueError("encoder pools reduce the mel axis to nothing")
         return self.encoder.channels[-1] * freq
+
+    def mart_levels(self, samples: int | None = None) -> list[MartLevel]:
+        """MART's level geometry for a window of ``samples`` (default ``window_samples``): level n
+        cuts it into parts^n equal clips and uses hop clip // frames, so every level gives the
+        same frame count (samples past ``count * clip`` are not used)."""
+        if self.mart is None:
+            raise ValueError("mart_levels: not a MART config")
+        mc = self.mart
+        samples = self.window_samples if samples is None else samples
+        out = []
+        for n in range(mc.levels):
+            count = mc.parts**n
+            clip = samples // count
+            hop = clip // mc.frames
+            if hop < 1:
+                raise ValueError(f"MART window of {samples} samples is too short for {mc.levels} levels "
+                                 f"of {mc.frames} frames")
+            out.append(MartLevel(n, count, clip, hop))
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -298,23 +351,43 @@ def _section(cls: type, d: Any, name: str, where: str) -> Any:
 
 
 def pemr_config(**overrides: Any) -> ModelConfig:
-    """The project's PEMR inference config: FCN-4 on 3 s at 16 kHz, 512-d output."""
-    cfg = ModelConfig(method="pemr", name="pemr", window_samples=48000)
+    """The project's PEMR inference config: FCN-4 on 3-s windows at 16 kHz, 512-d output.
+
+    64 mel bands at a 32-ms hop (94 frames per window), standardised per window; 32/64/128/256
+    channels; ceil-mode pools and a mean over the remaining time steps, so every frame of a
+    window reaches its vector.
+    """
+    cfg = ModelConfig(
+        method="pemr",
+        name="pemr",
+        window_samples=48000,
+        frontend=FrontendConfig(n_fft=1024, hop_length=512, n_mels=64, normalize="window"),
+        encoder=EncoderConfig(
+            channels=[32, 64, 128, 256], pools=[[2, 4], [2, 2], [2, 2], [4, 1]], ceil_pools=True, time_pool="mean"
+        ),
+    )
     return dataclasses.replace(cfg, **overrides)
 
 
 def mart_config(**overrides: Any) -> ModelConfig:
-    """The project's MART inference config: FCN-7 on a 4.096 s clip, 4 levels of 2 parts, 32 frames each."""
+    """The project's MART inference config: FCN-7 on a 4.096-s clip, 4 levels of 2 parts, 512-d.
+
+    Every clip of every level becomes a 64-band x 32-frame log-mel standardised on its own;
+    the 2048-point FFT is as long as the longest hop (2048 samples at level 0), so no level's
+    frames skip samples.
+    """
     cfg = ModelConfig(
         method="mart",
         name="mart",
         window_samples=65536,
+        frontend=FrontendConfig(n_fft=2048, hop_length=512, n_mels=64, normalize="window"),
         encoder=EncoderConfig(
             arch="fcn7",
             channels=[16, 32, 64, 128, 128, 256, 512],
             pools=[[2, 2], [2, 2], [2, 2], [2, 2], [2, 2], [2, 1], [2, 1]],
+            ceil_pools=True,
+            time_pool="mean",
         ),
         mart=MartConfig(frames=32),
     )
     return dataclasses.replace(cfg, **overrides)
-

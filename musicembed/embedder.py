@@ -337,10 +337,9 @@ class Model:
     def _frame_samples(self, window: int) -> int:
         """Samples between two frames of the finest log-mel the model computes for ``window``:
         the smallest useful hop between windows. MART scales its hop with the clip length."""
-        c = self.config
-        if c.method == "mart":
-            return max(1, window // c.mart.parts ** (c.mart.levels - 1) // c.mart.frames)
-        return c.frontend.hop_length
+        if self.config.method == "mart":
+            return self.config.mart_levels(window)[-1].hop
+        return self.config.frontend.hop_length
 
     @torch.inference_mode()
     def _fits(self, window: int) -> bool:

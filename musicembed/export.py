@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from .config import FrontendConfig
-from .frontend import LogMel
+from .frontend import LogMel, finish_db
 
 FORMATS = ("onnx", "torchscript")
 ONNX_OPSET = 18
@@ -68,8 +68,7 @@ class RealLogMel(nn.Module):
         self.n_fft = cfg.n_fft
         self.hop = hop_length or cfg.hop_length
         self.center = cfg.center
-        self.amin = cfg.amin
-        self.top_db = cfg.top_db
+        self.cfg = cfg
         n_freq = cfg.n_fft // 2 + 1
         self.n_freq = n_freq
         # Basis in float64, rounded once to float32: cos/sin(2 pi k n / N) * window[n].
@@ -91,11 +90,7 @@ class RealLogMel(nn.Module):
         re, im = spec[:, : self.n_freq], spec[:, self.n_freq :]
         power = re * re + im * im
         mel = torch.matmul(self.fb, power)
-        db = (10.0 / math.log(10.0)) * torch.log(torch.clamp(mel, min=self.amin))
-        if self.top_db is not None:
-            peak = db.amax(dim=(-2, -1), keepdim=True)
-            db = torch.maximum(db, peak - self.top_db)
-        return db
+        return finish_db((10.0 / math.log(10.0)) * torch.log(torch.clamp(mel, min=self.cfg.amin)), self.cfg)
 
 
 class PEMRExport(nn.Module):
@@ -125,16 +120,10 @@ class MARTExport(nn.Module):
         self.samples = cfg.window_samples
         self.frames = mc.frames
         self.all_levels = all_levels
-        self.counts, self.clips, self.hops = [], [], []
-        for n in range(mc.levels):
-            count = mc.parts**n
-            clip = self.samples // count
-            hop = clip // mc.frames
-            if hop < 1:
-                raise ValueError(f"MART window of {self.samples} samples is too short for {mc.levels} levels")
-            self.counts.append(count)
-            self.clips.append(clip)
-            self.hops.append(hop)
+        geometry = cfg.mart_levels()
+        self.counts = [lv.count for lv in geometry]
+        self.clips = [lv.clip for lv in geometry]
+        self.hops = [lv.hop for lv in geometry]
         self.frontend = RealLogMel(cfg.frontend) if real_stft else net.frontend  # one DFT basis for all levels
         self.encoder = net.encoder
         self.pwt = net.pwt

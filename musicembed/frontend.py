@@ -1,4 +1,5 @@
-"""Log-mel frontend: mono waveforms (batch, samples) -> log-mel (batch, n_mels, frames) in dB.
+"""Log-mel frontend: mono waveforms (batch, samples) -> log-mel (batch, n_mels, frames) in dB
+(or, with ``normalize="window"``, standardised per log-mel).
 
 Runs on whatever device the module is on. Its buffers (window, mel filterbank) are
 rebuilt from the config and never stored in the weights file.
@@ -40,8 +41,24 @@ def mel_filterbank(cfg: FrontendConfig) -> torch.Tensor:
     return fb
 
 
+NORM_EPS = 1e-5  # dB; floor of the standard deviation of a window's log-mel
+
+
+def finish_db(db: torch.Tensor, cfg: FrontendConfig) -> torch.Tensor:
+    """The steps after 10*log10 shared by every log-mel implementation: the ``top_db`` clip, then
+    (``normalize="window"``) zero mean and unit variance over each (n_mels, frames) log-mel."""
+    if cfg.top_db is not None:
+        peak = db.amax(dim=(-2, -1), keepdim=True)
+        db = torch.maximum(db, peak - cfg.top_db)
+    if cfg.normalize == "window":
+        mean = db.mean(dim=(-2, -1), keepdim=True)
+        std = (db - mean).square().mean(dim=(-2, -1), keepdim=True).sqrt()
+        db = (db - mean) / (std + NORM_EPS)
+    return db
+
+
 class LogMel(nn.Module):
-    """STFT power -> mel -> 10*log10(max(power, amin)), optionally clipped to ``top_db``."""
+    """STFT power -> mel -> 10*log10(max(power, amin)), then :func:`finish_db`."""
 
     def __init__(self, cfg: FrontendConfig) -> None:
         super().__init__()
@@ -63,11 +80,7 @@ class LogMel(nn.Module):
         )
         power = spec.real.square() + spec.imag.square()
         mel = torch.matmul(self.fb, power)
-        db = 10.0 * torch.log10(torch.clamp(mel, min=cfg.amin))
-        if cfg.top_db is not None:
-            peak = db.amax(dim=(-2, -1), keepdim=True)
-            db = torch.maximum(db, peak - cfg.top_db)
-        return db
+        return finish_db(10.0 * torch.log10(torch.clamp(mel, min=cfg.amin)), cfg)
 
     def num_frames(self, samples: int, hop_length: int | None = None) -> int:
         hop = hop_length or self.cfg.hop_length

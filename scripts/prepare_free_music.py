@@ -4,21 +4,27 @@
 Sources, and nothing else (shared DESIGN.md, "Data you may train and tune on"):
 
 - the music files of a fixed list of Debian packages (installed by prepare_free_music.sh);
+  tracker modules are played by openmpt123, MIDI files by the FluidSynth CLI with one of
+  two Debian General MIDI soundfonts;
 - works from a fixed list of music21 corpus parts, written to MIDI by music21 and rendered
-  by the FluidSynth CLI with one of two Debian General MIDI soundfonts, each work with a
-  seeded General MIDI program, tempo factor and transposition.
+  by FluidSynth the same way, each work with a seeded General MIDI program, tempo factor
+  and transposition.
 
 Everything becomes 16 kHz mono 16-bit FLAC under OUT_DIR/audio/<source>/<name>.flac.
-OUT_DIR/manifest.csv lists every file (path, source, licence, duration_s, split, track_id)
-with a seeded train/val split by track, stratified per source. Each validation music21
-work is rendered again as three "covers" (other program, other soundfont, other tempo and
-key) under OUT_DIR/covers/<track_id>/v{1,2,3}.flac, listed with the original (version 0)
-in OUT_DIR/covers.csv. Each train music21 work is rendered in ``--train-versions`` more
-versions the same way (other seeds, so no train version equals a validation cover) under
-OUT_DIR/versions/<track_id>/v<k>.flac; OUT_DIR/train.csv lists the manifest's train rows
-plus these versions under their work's track_id, so training can pair two renders of one
-score as a positive pair. Works or files that fail are logged and listed in
-OUT_DIR/skipped.csv. Reruns keep every file already written.
+OUT_DIR/manifest.csv lists every file (path, source, licence, duration_s, split, track_id).
+The split is by source first: a seeded draw holds whole sources out of training (recorded
+in OUT_DIR/holdout.json) and divides them into a ``select`` half (for choosing checkpoints
+and settings) and a ``report`` half (for the final table); within the other sources a
+seeded share of tracks per source is ``val`` (in-distribution validation), the rest
+``train``. Each music21 work of ``val``, ``select`` and ``report`` is rendered again as
+three "covers" (other program, other soundfont, other tempo and key) under
+OUT_DIR/covers/<track_id>/v{1,2,3}.flac, listed with the original (version 0) in
+OUT_DIR/covers.csv with its split. Each train music21 work is rendered in
+``--train-versions`` more versions (other instrument families, both soundfonts, other
+tempi and keys) under OUT_DIR/versions/<track_id>/v<k>.flac; OUT_DIR/train.csv lists the
+manifest's train rows plus these versions under their work's track_id, so training can
+pair two renders of one score as a positive pair. Works or files that fail are logged and
+listed in OUT_DIR/skipped.csv. Reruns keep every file already written.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import argparse
 import csv
 import fnmatch
 import hashlib
+import json
 import logging
 import os
 import random
@@ -67,6 +74,7 @@ DOC_DIR = Path("/usr/share/doc")
 
 AUDIO_EXTS = frozenset({".ogg", ".mp3", ".flac", ".wav", ".opus"})
 MODULE_EXTS = frozenset({".xm", ".mod", ".s3m", ".it"})  # tracker modules, rendered by openmpt123
+MIDI_EXTS = frozenset({".mid", ".midi"})  # rendered by FluidSynth with their own instruments
 
 # Debian package -> path fragments that locate its music (None: all of its audio files).
 DEBIAN_MUSIC: dict[str, tuple[str, ...] | None] = {
@@ -82,13 +90,37 @@ DEBIAN_MUSIC: dict[str, tuple[str, ...] | None] = {
     # freeorion-data has no music folder: its one music track lies among the sound effects.
     "freeorion-data": ("/data/sound/artificial_intelligence_v3.ogg",),
     "supertux-data": ("/music/",),
+    "widelands-data": ("/data/music/",),
+    "lincity-ng-data": ("/lincity-ng/music/",),
+    # frozen-bubble's snd/ holds its three songs among the sound effects.
+    "frozen-bubble-data": ("/snd/frozen-mainzik-1p.ogg", "/snd/frozen-mainzik-2p.ogg", "/snd/introzik.ogg"),
+    # warmux: its music folder, plus the one tune among the sound effects.
+    "warmux-data": ("/warmux/music/", "/sound/default/misc/frog_music.ogg"),
+    "xmoto-data": ("/Textures/Musics/",),
+    "scorched3d-data": ("/data/music/",),
+    # ri-li's Sounds/ holds its three tracker modules among the sound effects (and
+    # "language.It" is a language file, not an Impulse Tracker module).
+    "ri-li-data": ("/Sounds/jeu1.xm", "/Sounds/jeu2.xm", "/Sounds/menu.mod"),
+    "pingus-data": ("/data/music/",),
+    # holotz-castle's sound/ mixes effects and jingles with its two themes (in several tempi).
+    "holotz-castle-data": ("/sound/HCMainTitle", "/sound/HCCredits"),
+    "tecnoballz-data": ("/tecnoballz/musics/",),
+    "hex-a-hop-data": ("/hex-a-hop/music-",),
+    "solarwolf": ("/data/music/",),
+    # pangzero ships its one song as MP3 and as MIDI; the MP3 is used (the MIDI is the same piece).
+    "pangzero": ("/Games-PangZero/UPiPang.mp3",),
+    "funnyboat": ("/data/JDruid-Trip_on_the_Funny_Boat.ogg",),
+    "openttd-openmsx": ("/baseset/openmsx/",),
 }
+# Allowed packages without music, so not used: trigger-rally-data (data.zip: engine, wind and
+# co-driver sounds), neverball-data (levels only; the music is in neverball-common),
+# pokerth-data (sound effects of at most 3.5 s), mirrormagic-data (sound effects of at most 5 s).
 # Headerless sample files: package -> (sample rate, channels, libsndfile subtype).
 # XBlast's sound server plays its songs as 8-bit unsigned stereo at 22050 Hz.
 RAW_FORMATS: dict[str, tuple[int, int, str]] = {"xblast-tnt-musics": (22050, 2, "PCM_U8")}
 # A file named like another one of its package plus this suffix is a variant of the same
 # music (faster last-lap copy, remaster, older version); such tracks are kept out of val.
-VARIANT_SUFFIX = re.compile(r"(_fast|_f|_enhanced|[-_]old)$")
+VARIANT_SUFFIX = re.compile(r"(_fast|_f|_enhanced|[-_]old|_Fast|_Slow|_UltraSlow)$")
 
 # music21 corpus part -> (most works rendered, who wrote the music and when).
 MUSIC21_PARTS: dict[str, tuple[int, str]] = {
@@ -127,11 +159,26 @@ GM_PROGRAMS: dict[int, str] = {
 TEMPO_RANGE = (0.85, 1.15)
 TRANSPOSE_RANGE = (-3, 3)
 COVER_VERSIONS = 3
+# Train versions each take another transposition than version 0 and each other.
+MAX_TRAIN_VERSIONS = TRANSPOSE_RANGE[1] - TRANSPOSE_RANGE[0]
+DEFAULT_TRAIN_VERSIONS = 4
 FLUIDSYNTH_GAIN = 0.5
 DRUM_CHANNEL = 9
 
+# Held-out sources (see draw_holdout): together at least this many tracks and this share of
+# all hours; no held-out source has fewer tracks than HOLDOUT_MIN_SOURCE_TRACKS; each half
+# holds at least one music21 part and HOLDOUT_MIN_PACKAGES Debian packages.
+HOLDOUT_MIN_TRACKS = 150
+HOLDOUT_MIN_SHARE = 0.2
+HOLDOUT_MIN_SOURCE_TRACKS = 10
+HOLDOUT_MIN_PACKAGES = 3
+HELD_OUT_SPLITS = ("select", "report")
+SPLITS = ("train", "val") + HELD_OUT_SPLITS
+
 MANIFEST_COLUMNS = ("path", "source", "licence", "duration_s", "split", "track_id")
-COVERS_COLUMNS = ("track_id", "version", "path", "program", "soundfont", "tempo", "transpose")
+RENDER_COLUMNS = ("version", "program", "soundfont", "tempo", "transpose")
+COVERS_COLUMNS = ("track_id", "version", "path", "program", "soundfont", "tempo", "transpose", "split", "source")
+TRAIN_COLUMNS = MANIFEST_COLUMNS + RENDER_COLUMNS
 
 
 # ----------------------------------------------------------------------------- jobs
@@ -139,9 +186,10 @@ COVERS_COLUMNS = ("track_id", "version", "path", "program", "soundfont", "tempo"
 
 @dataclass(frozen=True)
 class RenderParams:
-    """How one MIDI file is played: GM program, soundfont name, tempo factor, semitones."""
+    """How one MIDI file is played: GM program (None: the file's own programs), soundfont
+    name, tempo factor, semitones."""
 
-    program: int
+    program: int | None
     soundfont: str
     tempo: float
     transpose: int
@@ -149,11 +197,12 @@ class RenderParams:
 
 @dataclass(frozen=True)
 class DebianJob:
-    """Convert one installed music file."""
+    """Convert one installed music file (``params``: how a MIDI file is rendered)."""
 
     package: str
     src: str
     out: Path
+    params: RenderParams | None = None
 
 
 @dataclass(frozen=True)
@@ -314,7 +363,8 @@ def notes_only(score: Any) -> Any:
 
 def vary_midi(src: Path, dst: Path, params: RenderParams) -> float:
     """Copy a MIDI file with each (track, channel) on a channel of its own, every melodic
-    channel on ``params.program``, tempi scaled by ``params.tempo``, notes moved by
+    channel on ``params.program`` (unless it is None: then the file keeps its own
+    instruments), tempi scaled by ``params.tempo``, notes moved by
     ``params.transpose`` semitones (kept in range by octaves), and all sound switched off two
     beats after the last event (some soundfont voices never fall silent by themselves, and
     fluidsynth keeps rendering until they do). Return the copy's length (s)."""
@@ -333,10 +383,11 @@ def vary_midi(src: Path, dst: Path, params: RenderParams) -> float:
                 has_tempo = True
             elif msg.type in ("note_on", "note_off") and msg.channel != DRUM_CHANNEL:
                 msg.note = fold_note(msg.note + params.transpose)
-            elif msg.type == "program_change" and msg.channel != DRUM_CHANNEL:
+            elif msg.type == "program_change" and msg.channel != DRUM_CHANNEL and params.program is not None:
                 msg.program = params.program
-        for ch in sorted({c for (t, _), c in channel_of.items() if t == i}, reverse=True):
-            track.insert(0, mido.Message("program_change", channel=ch, program=params.program, time=0))
+        if params.program is not None:
+            for ch in sorted({c for (t, _), c in channel_of.items() if t == i}, reverse=True):
+                track.insert(0, mido.Message("program_change", channel=ch, program=params.program, time=0))
     if not has_tempo:
         midi.tracks[0].insert(0, mido.MetaMessage("set_tempo", tempo=round(500000 / params.tempo), time=0))
     longest = max(midi.tracks, key=lambda t: sum(m.time for m in t))
@@ -389,6 +440,8 @@ def run_job(job: DebianJob | Music21Job | CoverJob) -> float:
     """Do one job in a worker; return the written file's duration (s)."""
     signal.alarm(TASK_TIMEOUT_S)
     try:
+        if isinstance(job, DebianJob) and job.params is not None:  # a package's MIDI file
+            return render_midi(Path(job.src), job.params, job.out)
         if isinstance(job, DebianJob):
             audio, rate = read_source_audio(job.package, job.src)
             mono = to_mono_16k(audio, rate)
@@ -500,7 +553,8 @@ def package_files(package: str) -> list[str]:
     seen: set[str] = set()
     for path in sorted(listing):
         ext = Path(path).suffix.lower()
-        wanted = ext in AUDIO_EXTS or ext in MODULE_EXTS or (ext == ".raw" and package in RAW_FORMATS)
+        wanted = (ext in AUDIO_EXTS or ext in MODULE_EXTS or ext in MIDI_EXTS
+                  or (ext == ".raw" and package in RAW_FORMATS))
         if not wanted or not os.path.isfile(path) or (where and not any(w in path for w in where)):
             continue
         digest = hashlib.sha256(Path(os.path.realpath(path)).read_bytes()).hexdigest()
@@ -510,8 +564,15 @@ def package_files(package: str) -> list[str]:
     return kept
 
 
-def debian_entries(out_dir: Path) -> list[Entry]:
+def package_midi_params(seed: int, track_id: str) -> RenderParams:
+    """How a package's MIDI file is rendered: its own instruments, tempo and key, with a
+    seeded one of the two soundfonts."""
+    return RenderParams(None, random.Random(f"{seed}:{track_id}").choice(sorted(SOUNDFONTS)), 1.0, 0)
+
+
+def debian_entries(out_dir: Path, seed: int) -> list[Entry]:
     """Planned outputs of all Debian packages."""
+    sf_licences = {name: debian_licence(pkg, path) for name, (pkg, path) in SOUNDFONTS.items()}
     entries: list[Entry] = []
     for package in DEBIAN_MUSIC:
         try:
@@ -527,9 +588,14 @@ def debian_entries(out_dir: Path) -> list[Entry]:
         bases = Counter(VARIANT_SUFFIX.sub("", Path(f).stem) for f in files)
         for f in files:
             rel = f"audio/{source_dir(package)}/{names[f]}.flac"
-            entries.append(Entry(rel, package, debian_licence(package, f), f"{package}__{names[f]}",
-                                 bases[VARIANT_SUFFIX.sub("", Path(f).stem)] > 1,
-                                 DebianJob(package, f, out_dir / rel)))
+            track_id = f"{package}__{names[f]}"
+            licence = debian_licence(package, f)
+            params = None
+            if Path(f).suffix.lower() in MIDI_EXTS:
+                params = package_midi_params(seed, track_id)
+                licence += f"; rendered with soundfont {params.soundfont} ({sf_licences[params.soundfont]})"
+            entries.append(Entry(rel, package, licence, track_id, bases[VARIANT_SUFFIX.sub("", Path(f).stem)] > 1,
+                                 DebianJob(package, f, out_dir / rel, params)))
     return entries
 
 
@@ -576,6 +642,37 @@ def render_params(seed: int, track_id: str) -> list[RenderParams]:
                                    rng.randint(*TRANSPOSE_RANGE)) for p in programs]
 
 
+def gm_family(program: int) -> int:
+    """General MIDI instrument family of a 0-based program (0 piano, 1 chromatic
+    percussion, 2 organ, 3 guitar, ..., 10 synth lead, 11 synth pad)."""
+    return program // 8
+
+
+def train_version_params(seed: int, track_id: str, first: RenderParams, n: int) -> list[RenderParams]:
+    """Seeded parameters of ``n`` train versions of a work whose version 0 is ``first``. The
+    versions differ from version 0 and from each other in every parameter but the soundfont:
+    each takes a program of another General MIDI family (none of them version 0's), a tempo
+    factor from its own one of ``n`` equal parts of TEMPO_RANGE, and a transposition other
+    than version 0's; the soundfonts take turns, starting with the one version 0 did not
+    use, so both are used from two versions on."""
+    if not 0 <= n <= MAX_TRAIN_VERSIONS:
+        raise ValueError(f"at most {MAX_TRAIN_VERSIONS} train versions (one per other transposition), not {n}")
+    if first.program is None:
+        raise ValueError("train versions need version 0's program")
+    rng = random.Random(f"{seed}:train:{track_id}")
+    other_font = next(f for f in sorted(SOUNDFONTS) if f != first.soundfont)
+    by_family: dict[int, list[int]] = defaultdict(list)
+    for program in sorted(GM_PROGRAMS):
+        by_family[gm_family(program)].append(program)
+    families = rng.sample(sorted(f for f in by_family if f != gm_family(first.program)), n)
+    parts = rng.sample(range(n), n)
+    shifts = rng.sample([t for t in range(TRANSPOSE_RANGE[0], TRANSPOSE_RANGE[1] + 1) if t != first.transpose], n)
+    lo, hi = TEMPO_RANGE
+    return [RenderParams(rng.choice(by_family[family]), (other_font, first.soundfont)[k % 2],
+                         round(lo + (parts[k] + rng.uniform(0.05, 0.95)) * (hi - lo) / n, 3), shifts[k])
+            for k, family in enumerate(families)]
+
+
 def music21_entries(out_dir: Path, seed: int, max_works: int | None) -> list[Entry]:
     """Planned outputs of the corpus parts: a seeded choice of at most the cap's works each."""
     sf_licences = {name: debian_licence(pkg, path) for name, (pkg, path) in SOUNDFONTS.items()}
@@ -615,15 +712,144 @@ def twins(entries: Iterable[Entry], out_dir: Path, durations: dict[str, float]) 
     return found
 
 
-def assign_splits(entries: Iterable[Entry], seed: int, val_fraction: float, train_only: set[str]) -> dict[str, str]:
-    """track_id -> 'train'/'val': per source, round(val_fraction * n) tracks (at least one
-    when the source has >= 3) go to val, ranked by a seeded hash; ``train_only`` tracks
-    (variants and twins of other files) never do, so val holds no near-copy of a train file."""
+@dataclass(frozen=True)
+class SourceSize:
+    """A source (Debian package or ``music21:<part>``) with its number of tracks and hours."""
+
+    source: str
+    tracks: int
+    hours: float
+
+    @property
+    def music21(self) -> bool:
+        return self.source.startswith("music21:")
+
+
+HOLDOUT_RULE = (
+    "Whole sources are held out. Candidates are the sources with at least {min_source_tracks} tracks. "
+    "Draw k (k = 0, 1, ...) shuffles the candidate music21 parts and Debian packages with "
+    "random.Random('holdout:<seed>:<k>'), puts the first two parts one in each half ('select', 'report'), "
+    "then adds the shuffled packages one by one, each to the half with fewer tracks (ties: 'select'; a half "
+    "that already has {min_packages} packages while the other has not gives way), until each half has "
+    "{min_packages} packages; then the remaining packages and parts, shuffled together, in the same way "
+    "until the held-out sources hold at least {min_tracks} tracks and {min_share:.0%} of all hours. The first "
+    "draw whose smaller half has at least {balance:.0%} of the larger half's tracks is kept "
+    "(after {max_draws} draws, the most balanced one).")
+HOLDOUT_BALANCE = 0.8
+HOLDOUT_MAX_DRAWS = 1000
+
+
+def _one_holdout_draw(rng: random.Random, sizes: list[SourceSize], min_tracks: int, min_share: float,
+                      min_source_tracks: int, min_packages: int) -> dict[str, list[SourceSize]]:
+    """One seeded draw of the rule in HOLDOUT_RULE (``sizes`` sorted by source)."""
+    eligible = [s for s in sizes if s.tracks >= min_source_tracks]
+    parts = [s for s in eligible if s.music21]
+    packages = [s for s in eligible if not s.music21]
+    if len(parts) < 2 or len(packages) < 2 * min_packages:
+        raise ValueError(f"holding out needs 2 music21 parts and {2 * min_packages} Debian packages with at "
+                         f"least {min_source_tracks} tracks each; there are {len(parts)} and {len(packages)}")
+    rng.shuffle(parts)
+    rng.shuffle(packages)
+    halves: dict[str, list[SourceSize]] = {"select": [parts[0]], "report": [parts[1]]}
+
+    def tracks(half: str) -> int:
+        return sum(s.tracks for s in halves[half])
+
+    def n_packages(half: str) -> int:
+        return sum(not s.music21 for s in halves[half])
+
+    def add(source: SourceSize) -> None:
+        smaller, larger = sorted(HELD_OUT_SPLITS, key=lambda h: (tracks(h), HELD_OUT_SPLITS.index(h)))
+        if n_packages(smaller) >= min_packages > n_packages(larger):
+            smaller = larger
+        halves[smaller].append(source)
+
+    while min(n_packages(h) for h in HELD_OUT_SPLITS) < min_packages:
+        add(packages.pop(0))
+    rest = packages + parts[2:]
+    rng.shuffle(rest)
+    total_hours = sum(s.hours for s in sizes)
+
+    def enough() -> bool:
+        held = [s for h in HELD_OUT_SPLITS for s in halves[h]]
+        return sum(s.tracks for s in held) >= min_tracks and sum(s.hours for s in held) >= min_share * total_hours
+
+    while not enough():
+        if not rest:
+            raise ValueError(f"the sources with at least {min_source_tracks} tracks do not reach {min_tracks} "
+                             f"tracks and {min_share:.0%} of the hours")
+        add(rest.pop(0))
+    return halves
+
+
+def draw_holdout(sizes: Iterable[SourceSize], seed: int, min_tracks: int = HOLDOUT_MIN_TRACKS,
+                 min_share: float = HOLDOUT_MIN_SHARE, min_source_tracks: int = HOLDOUT_MIN_SOURCE_TRACKS,
+                 min_packages: int = HOLDOUT_MIN_PACKAGES) -> tuple[dict[str, list[str]], int]:
+    """Seeded choice of whole sources to hold out from training, split into a 'select' and
+    a 'report' half (rule: HOLDOUT_RULE). Returns ({half: sorted sources}, number of the
+    kept draw). Depends only on the seed and the (source, tracks, hours) entries, not on
+    their order. Raises ValueError when the sources cannot meet the rule."""
+    ordered = sorted(sizes, key=lambda s: s.source)
+    if len({s.source for s in ordered}) != len(ordered):
+        raise ValueError("each source may appear only once")
+    best: tuple[float, int, dict[str, list[SourceSize]]] | None = None
+    for k in range(HOLDOUT_MAX_DRAWS):
+        halves = _one_holdout_draw(random.Random(f"holdout:{seed}:{k}"), list(ordered), min_tracks, min_share,
+                                   min_source_tracks, min_packages)
+        counts = sorted(sum(s.tracks for s in halves[h]) for h in HELD_OUT_SPLITS)
+        balance = counts[0] / counts[1]
+        if best is None or balance > best[0]:
+            best = (balance, k, halves)
+        if balance >= HOLDOUT_BALANCE:
+            break
+    assert best is not None
+    return {h: sorted(s.source for s in best[2][h]) for h in HELD_OUT_SPLITS}, best[1]
+
+
+def holdout_record(sizes: Iterable[SourceSize], seed: int, halves: dict[str, list[str]], draw: int) -> dict[str, Any]:
+    """The content of holdout.json: seed, rule, chosen sources of each half with their sizes."""
+    by_name = {s.source: s for s in sizes}
+    total_tracks = sum(s.tracks for s in by_name.values())
+    total_hours = sum(s.hours for s in by_name.values())
+    record: dict[str, Any] = {
+        "seed": seed,
+        "rule": HOLDOUT_RULE.format(min_source_tracks=HOLDOUT_MIN_SOURCE_TRACKS, min_packages=HOLDOUT_MIN_PACKAGES,
+                                    min_tracks=HOLDOUT_MIN_TRACKS, min_share=HOLDOUT_MIN_SHARE,
+                                    balance=HOLDOUT_BALANCE, max_draws=HOLDOUT_MAX_DRAWS),
+        "parameters": {"min_tracks": HOLDOUT_MIN_TRACKS, "min_share_of_hours": HOLDOUT_MIN_SHARE,
+                       "min_source_tracks": HOLDOUT_MIN_SOURCE_TRACKS, "min_packages_per_half": HOLDOUT_MIN_PACKAGES,
+                       "balance": HOLDOUT_BALANCE, "max_draws": HOLDOUT_MAX_DRAWS},
+        "draw": draw,
+        "all_sources": {"sources": len(by_name), "tracks": total_tracks, "hours": round(total_hours, 3)},
+    }
+    for half in HELD_OUT_SPLITS:
+        chosen = [by_name[name] for name in halves[half]]
+        record[half] = {"sources": [{"source": s.source, "tracks": s.tracks, "hours": round(s.hours, 3)}
+                                    for s in chosen],
+                        "tracks": sum(s.tracks for s in chosen), "hours": round(sum(s.hours for s in chosen), 3)}
+    held = [by_name[name] for half in HELD_OUT_SPLITS for name in halves[half]]
+    record["held_out"] = {"tracks": sum(s.tracks for s in held), "hours": round(sum(s.hours for s in held), 3),
+                          "share_of_tracks": round(sum(s.tracks for s in held) / max(1, total_tracks), 4),
+                          "share_of_hours": round(sum(s.hours for s in held) / max(1e-9, total_hours), 4)}
+    return record
+
+
+def assign_splits(entries: Iterable[Entry], seed: int, val_fraction: float, train_only: set[str],
+                  held_out: dict[str, str] | None = None) -> dict[str, str]:
+    """track_id -> split. Every track of a held-out source gets its half (``held_out``:
+    source -> 'select'/'report'). In the other sources, round(val_fraction * n) tracks (at
+    least one when the source has >= 3) go to 'val', ranked by a seeded hash, and the rest
+    to 'train'; ``train_only`` tracks (variants and twins of other files) never go to
+    'val', so val holds no near-copy of a train file."""
+    held_out = held_out or {}
     by_source: dict[str, list[Entry]] = defaultdict(list)
     for e in entries:
         by_source[e.source].append(e)
     split: dict[str, str] = {}
-    for items in by_source.values():
+    for source, items in by_source.items():
+        if source in held_out:
+            split.update({e.track_id: held_out[source] for e in items})
+            continue
         n_val = 0 if len(items) < 3 else max(1, round(val_fraction * len(items)))
         ranked = sorted((e.track_id for e in items if e.track_id not in train_only),
                         key=lambda t: hashlib.sha256(f"{seed}:{t}".encode()).hexdigest())
@@ -677,28 +903,55 @@ def summary(manifest: list[dict[str, str]], covers: list[dict[str, str]], cover_
     for row in manifest:
         stats[row["source"]][row["split"]] += 1
         hours[row["source"]] += float(row["duration_s"]) / 3600
-    lines = [f"{'source':28s} {'files':>6s} {'hours':>7s} {'train':>6s} {'val':>5s}"]
-    for source in sorted(stats):
+    head = "".join(f" {name:>6s}" for name in SPLITS)
+    lines = [f"{'source':28s} {'files':>6s} {'hours':>7s}{head}"]
+    for source in sorted(stats, key=lambda s: (s.startswith("music21:"), s)):
         c = stats[source]
-        lines.append(f"{source:28s} {c.total():6d} {hours[source]:7.2f} {c['train']:6d} {c['val']:5d}")
+        lines.append(f"{source:28s} {c.total():6d} {hours[source]:7.2f}" + "".join(f" {c[n]:6d}" for n in SPLITS))
     total = Counter(r["split"] for r in manifest)
-    lines.append(f"{'TOTAL':28s} {len(manifest):6d} {sum(hours.values()):7.2f} {total['train']:6d} {total['val']:5d}")
+    lines.append(f"{'TOTAL':28s} {len(manifest):6d} {sum(hours.values()):7.2f}"
+                 + "".join(f" {total[n]:6d}" for n in SPLITS))
+    split_hours = defaultdict(float)
+    for row in manifest:
+        split_hours[row["split"]] += float(row["duration_s"]) / 3600
+    lines.append(f"{'hours':28s} {'':6s} {'':7s}" + "".join(f" {split_hours[n]:6.2f}" for n in SPLITS))
     debian_h = sum(h for s, h in hours.items() if not s.startswith("music21:"))
+    groups = Counter(r["split"] for r in covers if r["version"] == "0")
     lines.append(f"Debian {debian_h:.2f} h, music21 {sum(hours.values()) - debian_h:.2f} h; covers: "
-                 f"{len({r['track_id'] for r in covers})} groups, {len(covers)} recordings "
-                 f"({cover_hours:.2f} h of extra renders); skipped: {skipped}")
+                 f"{sum(groups.values())} groups ({', '.join(f'{n} {groups[n]}' for n in SPLITS if groups[n])}), "
+                 f"{len(covers)} recordings ({cover_hours:.2f} h of extra renders); skipped: {skipped}")
     return "\n".join(lines)
+
+
+def source_sizes(manifest: list[dict[str, str]]) -> list[SourceSize]:
+    """(source, tracks, hours) of every source of the manifest rows."""
+    tracks: Counter[str] = Counter()
+    hours: dict[str, float] = defaultdict(float)
+    for row in manifest:
+        tracks[row["source"]] += 1
+        hours[row["source"]] += float(row["duration_s"]) / 3600
+    return [SourceSize(source, tracks[source], hours[source]) for source in sorted(tracks)]
+
+
+def render_row(version: int, params: RenderParams | None) -> dict[str, str]:
+    """The RENDER_COLUMNS of a file rendered with ``params`` (blank for a decoded file)."""
+    if params is None:
+        return {"version": str(version), "program": "", "soundfont": "", "tempo": "", "transpose": ""}
+    return {"version": str(version), "program": "" if params.program is None else str(params.program),
+            "soundfont": params.soundfont, "tempo": str(params.tempo), "transpose": str(params.transpose)}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir", type=Path, help="output folder (audio/, covers/, midi/, CSV files)")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of work choice, rendering and split (default 0)")
-    parser.add_argument("--val-fraction", type=float, default=0.1, help="share of each source's tracks in val")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of work choice, rendering, held-out sources and split (default 0)")
+    parser.add_argument("--val-fraction", type=float, default=0.1, help="share of each train source's tracks in val")
     parser.add_argument("--max-works", type=int, default=None, help="at most this many works per corpus part")
-    parser.add_argument("--train-versions", type=int, default=1, choices=range(COVER_VERSIONS + 1),
-                        metavar=f"0..{COVER_VERSIONS}", help="extra renders of each train music21 work (default 1)")
+    parser.add_argument("--train-versions", type=int, default=DEFAULT_TRAIN_VERSIONS,
+                        choices=range(MAX_TRAIN_VERSIONS + 1), metavar=f"0..{MAX_TRAIN_VERSIONS}",
+                        help=f"extra renders of each train music21 work (default {DEFAULT_TRAIN_VERSIONS})")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     warnings.filterwarnings("ignore")
@@ -706,7 +959,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
 
-    entries = debian_entries(out) + music21_entries(out, args.seed, args.max_works)
+    entries = debian_entries(out, args.seed) + music21_entries(out, args.seed, args.max_works)
     LOG.info("planned %d files (%d music21 works)", len(entries), sum(e.source.startswith("music21:") for e in entries))
     durations: dict[str, float] = {}
     skipped: list[dict[str, str]] = []
@@ -727,25 +980,45 @@ def main(argv: list[str] | None = None) -> int:
             durations[e.rel_path] = known
     LOG.info("%d files already written, %d to make", len(entries) - len(todo), len(todo))
     run_all(todo, args.jobs, record)
+    converted = time.monotonic()
 
+    # The split starts from the held-out draw over whole sources; nothing that depends on the
+    # split (covers, train versions, CSV files) has been made before it.
     kept = [e for e in entries if e.rel_path in durations]
+    sizes = source_sizes([{"source": e.source, "duration_s": str(durations[e.rel_path])} for e in kept])
+    halves, draw = draw_holdout(sizes, args.seed)
+    holdout = holdout_record(sizes, args.seed, halves, draw)
+    previous = out / "holdout.json"
+    if previous.is_file():
+        old = json.loads(previous.read_text())
+        if old.get("seed") == args.seed and any(
+                sorted(s["source"] for s in old.get(h, {}).get("sources", [])) != halves[h] for h in HELD_OUT_SPLITS):
+            LOG.warning("the held-out sources differ from those recorded in %s (other sources or files?)", previous)
+    tmp = previous.with_name(previous.name + ".tmp")
+    tmp.write_text(json.dumps(holdout, indent=2) + "\n")
+    os.replace(tmp, previous)
+    held_out = {source: half for half in HELD_OUT_SPLITS for source in halves[half]}
+    for half in HELD_OUT_SPLITS:
+        LOG.info("held out (%s): %s", half, ", ".join(halves[half]))
+
     train_only = {e.track_id for e in kept if e.variant} | twins(kept, out, durations)
-    split = assign_splits(kept, args.seed, args.val_fraction, train_only)
+    split = assign_splits(kept, args.seed, args.val_fraction, train_only, held_out)
     manifest = [{"path": e.rel_path, "source": e.source, "licence": e.licence,
                  "duration_s": f"{durations[e.rel_path]:.3f}", "split": split[e.track_id], "track_id": e.track_id}
                 for e in kept]
+    assert not any(r["split"] == "train" and r["source"] in held_out for r in manifest)
     write_csv(out / "manifest.csv", MANIFEST_COLUMNS, manifest)
 
+    # Covers: every music21 work outside train (val, select, report) gets COVER_VERSIONS more renders.
     cover_rows: list[dict[str, str]] = []
     cover_todo: list[tuple[str, DebianJob | Music21Job | CoverJob]] = []
     for e in kept:
-        if split[e.track_id] != "val" or not isinstance(e.job, Music21Job):
+        if split[e.track_id] == "train" or not isinstance(e.job, Music21Job):
             continue
         for version, params in enumerate(render_params(args.seed, e.track_id)):
             rel = e.rel_path if version == 0 else f"covers/{e.track_id}/v{version}.flac"
-            cover_rows.append({"track_id": e.track_id, "version": str(version), "path": rel,
-                               "program": str(params.program), "soundfont": params.soundfont,
-                               "tempo": str(params.tempo), "transpose": str(params.transpose)})
+            cover_rows.append({"track_id": e.track_id, "path": rel, "split": split[e.track_id], "source": e.source,
+                               **render_row(version, params)})
             known = existing_duration(out / rel)
             if known is not None:
                 durations[rel] = known
@@ -755,6 +1028,7 @@ def main(argv: list[str] | None = None) -> int:
     run_all(cover_todo, args.jobs, record)
     cover_rows = [r for r in cover_rows if r["path"] in durations]
     write_csv(out / "covers.csv", COVERS_COLUMNS, cover_rows)
+    covered = time.monotonic()
 
     sf_licences = {name: debian_licence(pkg, path) for name, (pkg, path) in SOUNDFONTS.items()}
     version_rows: list[dict[str, str]] = []
@@ -763,11 +1037,12 @@ def main(argv: list[str] | None = None) -> int:
         if split[e.track_id] != "train" or not isinstance(e.job, Music21Job):
             continue
         part = e.source.removeprefix("music21:")
-        # Seeded apart from the covers' parameters: render_params of another key.
-        for version, params in enumerate(render_params(args.seed, f"train:{e.track_id}")[1:][: args.train_versions], 1):
+        for version, params in enumerate(train_version_params(args.seed, e.track_id, e.job.params,
+                                                              args.train_versions), 1):
             rel = f"versions/{e.track_id}/v{version}.flac"
+            licence = music21_licence(part, Path(e.job.score_file), params.soundfont, sf_licences)
             version_rows.append({"path": rel, "source": e.source, "split": "train", "track_id": e.track_id,
-                                 "licence": music21_licence(part, Path(e.job.score_file), params.soundfont, sf_licences)})
+                                 "licence": licence, **render_row(version, params)})
             known = existing_duration(out / rel)
             if known is not None:
                 durations[rel] = known
@@ -776,16 +1051,26 @@ def main(argv: list[str] | None = None) -> int:
     LOG.info("train versions: %d to render", len(version_todo))
     run_all(version_todo, args.jobs, record)
     version_rows = [dict(r, duration_s=f"{durations[r['path']]:.3f}") for r in version_rows if r["path"] in durations]
-    write_csv(out / "train.csv", MANIFEST_COLUMNS, [r for r in manifest if r["split"] == "train"] + version_rows)
+    job_of = {e.track_id: e.job for e in kept}
+    train_rows = [dict(r, **render_row(0, getattr(job_of[r["track_id"]], "params", None)))
+                  for r in manifest if r["split"] == "train"]
+    write_csv(out / "train.csv", TRAIN_COLUMNS, train_rows + version_rows)
     write_csv(out / "skipped.csv", ("path", "reason"), skipped)
 
     cover_hours = sum(durations[r["path"]] for r in cover_rows if r["version"] != "0") / 3600
     version_hours = sum(float(r["duration_s"]) for r in version_rows) / 3600
+    train_hours = sum(float(r["duration_s"]) for r in train_rows) / 3600
     print(summary(manifest, cover_rows, cover_hours, len(skipped)))
+    print(f"held out: select {holdout['select']['tracks']} tracks {holdout['select']['hours']:.2f} h "
+          f"({', '.join(halves['select'])}); report {holdout['report']['tracks']} tracks "
+          f"{holdout['report']['hours']:.2f} h ({', '.join(halves['report'])}); together "
+          f"{holdout['held_out']['share_of_hours']:.1%} of the hours (draw {draw})")
     print(f"train versions: {len(version_rows)} renders of {len({r['track_id'] for r in version_rows})} works "
-          f"({version_hours:.2f} h)")
-    print(f"elapsed {(time.monotonic() - start) / 60:.1f} min; wrote {out / 'manifest.csv'}, {out / 'covers.csv'}, "
-          f"{out / 'train.csv'}")
+          f"({version_hours:.2f} h); train.csv: {len(train_rows) + len(version_rows)} rows, "
+          f"{train_hours + version_hours:.2f} h")
+    print(f"elapsed {(time.monotonic() - start) / 60:.1f} min (files {(converted - start) / 60:.1f}, split and covers "
+          f"{(covered - converted) / 60:.1f}, train versions {(time.monotonic() - covered) / 60:.1f}); wrote "
+          f"{out / 'manifest.csv'}, {out / 'covers.csv'}, {out / 'train.csv'}, {out / 'holdout.json'}")
     return 0
 
 

@@ -38,16 +38,17 @@ def noise(seconds: float = 2.0, sr: int = SR, seed: int = 0) -> np.ndarray:
 def tiny_pemr_config() -> ModelConfig:
     return ModelConfig(
         method="pemr", name="tiny-pemr", window_samples=8000,
-        frontend=FrontendConfig(sample_rate=16000, n_fft=512, hop_length=128, n_mels=32),
-        encoder=EncoderConfig(channels=[8, 8], pools=[[4, 4], [4, 4]]),
+        frontend=FrontendConfig(sample_rate=16000, n_fft=512, hop_length=128, n_mels=32, normalize="window"),
+        encoder=EncoderConfig(channels=[8, 8], pools=[[4, 4], [4, 4]], ceil_pools=True, time_pool="mean"),
     )
 
 
 def tiny_mart_config() -> ModelConfig:
     return ModelConfig(
         method="mart", name="tiny-mart", window_samples=16000,
-        frontend=FrontendConfig(sample_rate=16000, n_fft=512, hop_length=128, n_mels=32),
-        encoder=EncoderConfig(arch="fcn7", channels=[8, 16], pools=[[4, 2], [4, 2]]),
+        frontend=FrontendConfig(sample_rate=16000, n_fft=1024, hop_length=128, n_mels=32, normalize="window"),
+        encoder=EncoderConfig(arch="fcn7", channels=[8, 16], pools=[[4, 2], [4, 2]], ceil_pools=True,
+                              time_pool="mean"),
         mart=MartConfig(levels=3, parts=2, frames=16, pwt_layers=2, heads=3, head_dim=8, ff_dim=32),
     )
 

@@ -11,9 +11,9 @@ from ..config import EncoderConfig
 class FCN(nn.Module):
     """Optional BatchNorm on the input, then conv3x3-BN-ReLU-MaxPool blocks.
 
-    Time steps left after the last block are max-pooled, frequency rows are flattened
-    (channel-major), so a model whose pools reduce time to exactly one step computes the
-    same function as the fixed-length FCN of the PEMR authors.
+    Time steps left after the last block are max- or mean-pooled (``time_pool``), frequency
+    rows are flattened (channel-major), so a floor-mode max-pool model whose pools reduce time
+    to exactly one step computes the same function as the fixed-length FCN of the PEMR authors.
     """
 
     def __init__(self, cfg: EncoderConfig) -> None:
@@ -27,14 +27,15 @@ class FCN(nn.Module):
                     nn.Conv2d(c_in, c_out, kernel_size=3, padding=1),
                     nn.BatchNorm2d(c_out),
                     nn.ReLU(inplace=True),
-                    nn.MaxPool2d((pf, pt)),
+                    nn.MaxPool2d((pf, pt), ceil_mode=cfg.ceil_pools),
                 )
             )
             c_in = c_out
         self.blocks = nn.Sequential(*blocks)
+        self.time_pool = cfg.time_pool
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
         x = self.input_bn(mel.unsqueeze(1))
         x = self.blocks(x)  # (batch, channels, freq, time)
-        x = x.amax(dim=-1)
+        x = x.mean(dim=-1) if self.time_pool == "mean" else x.amax(dim=-1)
         return x.flatten(1)

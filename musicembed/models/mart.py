@@ -123,22 +123,15 @@ class MARTModel(nn.Module):
         self.pwt = PartWholeTransformer(cfg.embedding_dim, cfg.mart) if cfg.mart.use_pwt else None
 
     def level_mels(self, wave: torch.Tensor) -> list[torch.Tensor]:
-        """wave (B, samples) -> per level n, (B * M^n, n_mels, frames) log-mels.
-
-        Level n cuts the wave into M^n equal clips of L_n samples and uses hop L_n // frames,
-        so all levels give the same frame count (the first ``frames`` frames are kept).
-        """
-        mc = self.cfg.mart
+        """wave (B, samples) -> per level n, (B * M^n, n_mels, frames) log-mels
+        (geometry: :meth:`~musicembed.config.ModelConfig.mart_levels`; the first ``frames``
+        frames of each clip are kept)."""
+        frames = self.cfg.mart.frames
         b, samples = wave.shape
         out = []
-        for n in range(mc.levels):
-            count = mc.parts**n
-            clip = samples // count
-            hop = clip // mc.frames
-            if hop < 1:
-                raise ValueError(f"MART window of {samples} samples is too short for {mc.levels} levels")
-            crops = wave[:, : clip * count].reshape(b * count, clip)
-            out.append(self.frontend(crops, hop_length=hop)[..., : mc.frames])
+        for lv in self.cfg.mart_levels(samples):
+            crops = wave[:, : lv.clip * lv.count].reshape(b * lv.count, lv.clip)
+            out.append(self.frontend(crops, hop_length=lv.hop)[..., :frames])
         return out
 
     def encode_levels(self, wave: torch.Tensor) -> list[torch.Tensor]:
@@ -159,10 +152,4 @@ class MARTModel(nn.Module):
 
     def level_spans(self, samples: int) -> list[list[tuple[int, int]]]:
         """Per level, each clip's (start, end) in samples within a window of ``samples``."""
-        mc = self.cfg.mart
-        spans = []
-        for n in range(mc.levels):
-            count = mc.parts**n
-            clip = samples // count
-            spans.append([(i * clip, (i + 1) * clip) for i in range(count)])
-        return spans
+        return [[(i * lv.clip, (i + 1) * lv.clip) for i in range(lv.count)] for lv in self.cfg.mart_levels(samples)]

@@ -126,7 +126,7 @@ class MARTObjective(nn.Module):
         self.model: MARTModel = build_model(cfg)  # type: ignore[assignment]
         self.head = projector(cfg.embedding_dim, obj.head_hidden, obj.projection_dim, bias=True)
         self.parts = cfg.mart.parts
-        lengths = [cfg.window_samples // cfg.mart.parts**n for n in range(cfg.mart.levels)]
+        lengths = [lv.clip for lv in cfg.mart_levels()]
         self.lambdas = [obj.pw_weight * lengths[i + 1] / lengths[i] for i in range(len(lengths) - 1)]
 
     def forward(self, views: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -30,7 +30,7 @@ TINY: dict[str, dict[str, Any]] = {
     },
     "mart": {
         "window_samples": 8192,
-        "frontend": {"n_mels": 32, "n_fft": 256, "hop_length": 128},
+        "frontend": {"n_mels": 32, "n_fft": 512, "hop_length": 128},
         "encoder": {"arch": "fcn7", "channels": [8, 8, 16], "pools": [[2, 2], [2, 2], [8, 1]]},
         "mart": {"levels": 3, "frames": 16, "pwt_layers": 1, "head_dim": 8, "ff_dim": 32},
         "objective": {"head_hidden": 16, "projection_dim": 16},
@@ -122,6 +122,11 @@ def resolve(
     if cfg.method != method:
         raise ValueError(f"--config sets method {cfg.method!r} for a {method} run")
     _ = cfg.embedding_dim  # raises when the pools reduce the mel axis to nothing
+    if cfg.mart is not None:
+        for lv in cfg.mart_levels():
+            if lv.hop > cfg.frontend.n_fft:
+                raise ValueError(f"MART level {lv.level}: hop {lv.hop} exceeds n_fft {cfg.frontend.n_fft}, so its "
+                                 "frames would skip samples; raise frontend.n_fft or mart.frames")
     (PEMRObjectiveConfig if method == "pemr" else MARTObjectiveConfig)(**objective)
     AugmentConfig.from_dict(augment)
     return model, objective, augment

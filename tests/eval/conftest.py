@@ -16,27 +16,38 @@ from musicembed.models import build_model
 from eval_helpers import SR, TIMBRES, melody, synth
 
 
+# (timbre, transposition in semitones, split of its tracks): two training sources with
+# held-out "val" tracks, three "select" and two "report" sources held out whole
+FREE_MUSIC_SOURCES = (("sine", 0, "train"), ("square", 0, "train"), ("saw", 0, "select"), ("pulse", 0, "select"),
+                      ("sine", 12, "select"), ("square", 12, "report"), ("saw", 12, "report"))
+TRACKS_PER_SOURCE = 4
+
+
 @pytest.fixture(scope="session")
 def free_music_dir(tmp_path_factory) -> Path:
-    """manifest.csv + covers.csv over 4 timbre "sources": 3 train and 3 val tracks each
-    (4 s), plus 2 transposed "cover" versions of every val track."""
+    """manifest.csv + covers.csv over 7 timbre/register "sources" of 4 tracks (4 s) each:
+    splits train (2 + 2 val tracks in each training source), select (12 tracks) and
+    report (8 tracks); every track outside train has 2 transposed "cover" versions in
+    other timbres."""
     d = tmp_path_factory.mktemp("free_music")
     (d / "audio").mkdir()
     manifest, covers = [], []
-    for si, timbre in enumerate(TIMBRES):
-        for k in range(6):
-            tid = f"{timbre}-{k}"
-            split = "train" if k < 3 else "val"
+    for si, (timbre, shift, split_of_source) in enumerate(FREE_MUSIC_SOURCES):
+        source = f"pkg-{timbre}{'-high' if shift else ''}"
+        for k in range(TRACKS_PER_SOURCE):
+            tid = f"{source}-{k}"
+            split = ("train" if k < 2 else "val") if split_of_source == "train" else split_of_source
             seed = 100 * si + k
             rel = f"audio/{tid}.wav"
-            sf.write(d / rel, synth(melody(seed), timbre, seed=seed), SR, subtype="PCM_16")
-            manifest.append([rel, f"pkg-{timbre}", "GPL-2+", "4.0", split, tid])
-            if split == "val":
+            sf.write(d / rel, synth(melody(seed, shift=shift), timbre, seed=seed), SR, subtype="PCM_16")
+            manifest.append([rel, source, "GPL-2+", "4.0", split, tid])
+            if split != "train":
                 covers.append([tid, 0, rel])
-                for v, shift in ((1, 2.0), (2, -3.0)):
-                    other = TIMBRES[(si + v) % len(TIMBRES)]
+                for v, step in ((1, 2.0), (2, -3.0)):
+                    other = TIMBRES[(TIMBRES.index(timbre) + v) % len(TIMBRES)]
                     crel = f"audio/{tid}-v{v}.wav"
-                    sf.write(d / crel, synth(melody(seed, shift=shift), other, note_seconds=0.27, seed=seed + v), SR)
+                    sf.write(d / crel, synth(melody(seed, shift=shift + step), other, note_seconds=0.27, seed=seed + v),
+                             SR)
                     covers.append([tid, v, crel])
     with open(d / "manifest.csv", "w", newline="") as f:
         w = csv.writer(f)

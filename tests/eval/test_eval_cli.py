@@ -91,14 +91,24 @@ def test_user_errors_are_one_line(tmp_path: Path) -> None:
 
 
 def test_free_music_command(free_music_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
-    code, out = _run(["free-music", "--data", str(free_music_dir), "--system", "mfcc", "--system", str(tiny_model_dir),
-                      "--out", str(tmp_path), "--excerpt-seconds", "1.5", "--min-excerpt-seconds", "1"])
+    code, out = _run(["free-music", "--data", str(free_music_dir), "--system", str(tiny_model_dir),
+                      "--baseline", "mfcc", "--out", str(tmp_path), "--excerpt-seconds", "1.5",
+                      "--min-excerpt-seconds", "1", "--robust-seconds", "2", "--resamples", "100"])
     assert code == 0, out
-    assert "| mfcc |" in out and f"| {tiny_model_dir} |" in out
-    report = json.loads((tmp_path / "free_music_eval.json").read_text())
-    assert [r["system"] for r in report["systems"]] == ["mfcc", str(tiny_model_dir)]
-    assert report["systems"][1]["dim"] == 16
-    assert (tmp_path / "free_music_eval.md").read_text().startswith("| system |")
+    assert "| mfcc |" in out and f"| {tiny_model_dir} |" in out and f"| {tiny_model_dir} - mfcc |" in out
+    report = json.loads((tmp_path / "free_music_select.json").read_text())  # --split defaults to select
+    assert report["split"] == "select" and report["config"]["resamples"] == 100
+    assert [r["system"] for r in report["systems"]] == [str(tiny_model_dir), "mfcc"]
+    assert report["systems"][0]["dim"] == 16
+    assert [(d["system"], d["baseline"]) for d in report["differences"]] == [(str(tiny_model_dir), "mfcc")]
+    assert (tmp_path / "free_music_select.md").read_text().startswith("Split `select`: 12 tracks of 3 sources.")
+    code, out = _run(["free-music", "--data", str(free_music_dir), "--split", "report", "--system", "randfcn",
+                      "--out", str(tmp_path), "--excerpt-seconds", "1.5", "--min-excerpt-seconds", "1",
+                      "--robust-seconds", "2", "--resamples", "50", "--folds", "2"])
+    assert code == 0, out
+    report = json.loads((tmp_path / "free_music_report.json").read_text())
+    assert report["systems"][0]["dim"] == 512 and report["counts"]["tracks"] == 8
+    assert (tmp_path / "cache" / "randfcn.npz").is_file()
 
 
 def test_finetune_command(gtzan_root: Path, tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 """Downstream evaluation: metrics, probes, fine-tuning with few labels, dataset loaders,
-the free-music validation protocol, and the ``musicembed eval`` command group.
+the free-music evaluation (with its degradations and bootstrap intervals), and the
+``musicembed eval`` command group.
 
     from musicembed.train.eval import retrieval_metrics, probe_evaluation, load_covers80
 """
@@ -16,21 +17,33 @@ from .datasets import (
     load_shs100k_sub,
     mtat_tags,
 )
+from .bootstrap import TrackMetric, bootstrap_interval, paired_difference
+from .degrade import DEGRADATIONS, add_noise, gain, lowpass, pitch_shift, time_stretch
 from .embeddings import Embedded, embed_files
 from .finetune import FinetuneConfig, WaveformDataset, finetune, label_subset, model_encoder_factory
-from .free_music import FreeMusicConfig, covariance_spectrum, evaluate_free_music, markdown_table, write_report
+from .free_music import (
+    SPLITS,
+    FreeMusicConfig,
+    covariance_spectrum,
+    evaluate_free_music,
+    markdown_table,
+    stratified_folds,
+    write_report,
+)
 from .metrics import (
     accuracy,
     average_precision,
     classification_metrics,
     retrieval_metrics,
+    retrieval_per_query,
     roc_auc,
     tagging_metrics,
 )
 from .probes import Probe, ProbeConfig, fit_probe, probe_evaluation
-from .systems import MFCCEmbedder, System, load_system, random_model
+from .systems import MFCCEmbedder, RandomFCNEmbedder, System, load_system, random_model
 
 __all__ = [
+    "DEGRADATIONS",
     "GTZAN_GENRES",
     "DatasetError",
     "Embedded",
@@ -39,16 +52,22 @@ __all__ = [
     "MFCCEmbedder",
     "Probe",
     "ProbeConfig",
+    "RandomFCNEmbedder",
+    "SPLITS",
     "System",
+    "TrackMetric",
     "WaveformDataset",
     "accuracy",
+    "add_noise",
     "average_precision",
+    "bootstrap_interval",
     "classification_metrics",
     "covariance_spectrum",
     "embed_files",
     "evaluate_free_music",
     "finetune",
     "fit_probe",
+    "gain",
     "label_subset",
     "load_covers80",
     "load_gtzan",
@@ -56,13 +75,19 @@ __all__ = [
     "load_shs100k",
     "load_shs100k_sub",
     "load_system",
+    "lowpass",
     "markdown_table",
     "model_encoder_factory",
     "mtat_tags",
+    "paired_difference",
+    "pitch_shift",
     "probe_evaluation",
     "random_model",
     "retrieval_metrics",
+    "retrieval_per_query",
     "roc_auc",
+    "stratified_folds",
     "tagging_metrics",
+    "time_stretch",
     "write_report",
 ]

@@ -1,7 +1,7 @@
 """``musicembed eval``: the papers' downstream protocols and the free-music evaluation.
 
 Every subcommand embeds the files with the system given by ``--model``/``--system``
-(a model name or folder, ``mfcc``, or ``random:<model>``), caches the embeddings in an
+(a model name or folder, ``mfcc``, ``randfcn``, or ``random:<model>``), caches the embeddings in an
 ``.npz`` under ``--out``, prints the metrics as JSON and writes them to a JSON file.
 """
 
@@ -20,7 +20,7 @@ from ...errors import MusicEmbedError
 from . import datasets
 from .embeddings import embed_files
 from .finetune import FinetuneConfig, WaveformDataset, finetune, model_encoder_factory
-from .free_music import FreeMusicConfig, evaluate_free_music, markdown_table, write_report
+from .free_music import DEFAULT_SPLIT, SPLITS, FreeMusicConfig, evaluate_free_music, markdown_table, write_report
 from .metrics import retrieval_metrics
 from .probes import PROBES, ProbeConfig, probe_evaluation
 from .systems import load_system
@@ -60,7 +60,8 @@ def _tagging_items(dataset: str, root: Path) -> tuple[dict[str, list[tuple[Path,
 
 
 model_option = click.option("--model", "model", required=True,
-                            help="Model name or folder, 'mfcc', or 'random:<model>' (same architecture, untrained).")
+                            help="Model name or folder, 'mfcc', 'randfcn' (wide random FCN), or 'random:<model>' "
+                                 "(same architecture, untrained).")
 out_option = click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path),
                           default=Path("eval-results"), show_default=True,
                           help="Folder for results and the embedding cache.")
@@ -71,7 +72,7 @@ seed_option = click.option("--seed", type=int, default=0, show_default=True, hel
 @click.group("eval")
 def eval_command() -> None:
     """Evaluate embeddings with the papers' downstream protocols (linear/MLP probes,
-    fine-tuning with few labels, cover-song retrieval) and on the free-music validation set."""
+    fine-tuning with few labels, cover-song retrieval) and on the free-music splits."""
 
 
 @eval_command.command("tagging")
@@ -202,36 +203,50 @@ def covers(dataset: str, root: Path, model: str, split: str, list_file: Path | N
 @eval_command.command("free-music")
 @click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder with manifest.csv, covers.csv and the audio.")
+@click.option("--split", type=click.Choice(SPLITS), default=DEFAULT_SPLIT, show_default=True,
+              help="select: held-out sources for choosing checkpoints and settings; report: held-out sources "
+                   "for the final table only; val: held-out tracks of the training sources (in-distribution).")
 @click.option("--system", "systems", multiple=True, required=True,
-              help="Model name or folder, 'mfcc', or 'random:<model>'; repeat for each table row.")
+              help="Model name or folder, 'mfcc', 'randfcn' or 'random:<model>'; repeat for each table row.")
+@click.option("--baseline", "baselines", multiple=True,
+              help="A system every other system is compared with (paired-bootstrap differences); repeatable; "
+                   "added to the systems when not among them.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("eval-results/free_music"),
               show_default=True)
 @click.option("--excerpt-seconds", type=float, default=10.0, show_default=True,
               help="Length of the two same-track excerpts (at most half of each track).")
 @click.option("--min-excerpt-seconds", type=float, default=2.0, show_default=True,
-              help="Tracks whose excerpts would be shorter are left out of same-track retrieval.")
+              help="Tracks whose excerpts would be shorter are left out of same-track retrieval and robustness.")
 @click.option("--classify-seconds", type=float, default=30.0, show_default=True,
               help="Source classification uses each track's central N seconds; 0: whole tracks.")
-@click.option("--max-train-per-source", type=int, default=40, show_default=True,
-              help="Train tracks per source for the source-classification probe.")
+@click.option("--robust-seconds", type=float, default=10.0, show_default=True,
+              help="Length of the central clean excerpt of the robustness task.")
+@click.option("--folds", type=int, default=5, show_default=True,
+              help="Cross-validation folds of the source-classification probe (stratified by source, by track).")
+@click.option("--resamples", type=int, default=1000, show_default=True,
+              help="Bootstrap resamples of the tracks for the 95 % intervals.")
 @device_option
-@seed_option
-def free_music(data_dir: Path, systems: tuple[str, ...], out: Path, excerpt_seconds: float,
-               min_excerpt_seconds: float, classify_seconds: float, max_train_per_source: int, device: str | None,
-               seed: int) -> None:
-    """Same-track retrieval, synthetic covers, source classification and the covariance
-    spectrum on the validation split, for every system in one run (markdown + JSON).
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the folds, the probe, the noise and the bootstrap.")
+def free_music(data_dir: Path, split: str, systems: tuple[str, ...], baselines: tuple[str, ...], out: Path,
+               excerpt_seconds: float, min_excerpt_seconds: float, classify_seconds: float, robust_seconds: float,
+               folds: int, resamples: int, device: str | None, seed: int) -> None:
+    """Same-track retrieval, synthetic covers, source classification, robustness to
+    degradations and the covariance spectrum on one split, for every system in one run,
+    with 95 % bootstrap intervals and paired differences from the baselines (markdown + JSON).
 
     \b
     Examples:
-      musicembed eval free-music --data data/free_music --system pemr --system mfcc --system random:pemr
-      musicembed eval free-music --data data/free_music --system models/mart --max-train-per-source 10 --classify-seconds 10
+      musicembed eval free-music --data data/free_music --system pemr --system mart --baseline mfcc --baseline randfcn
+      musicembed eval free-music --data data/free_music --split report --system models/pemr --baseline mfcc
+      musicembed eval free-music --data data/free_music --split val --system pemr --classify-seconds 10
     """
     with _user_errors():
-        cfg = FreeMusicConfig(excerpt_seconds=excerpt_seconds, min_excerpt_seconds=min_excerpt_seconds,
-                              classify_seconds=classify_seconds or None, max_train_per_source=max_train_per_source,
-                              seed=seed, probe=ProbeConfig(seed=seed))
-        report = evaluate_free_music(data_dir, list(systems), out, config=cfg, device=device, log=_log)
+        cfg = FreeMusicConfig(split=split, excerpt_seconds=excerpt_seconds, min_excerpt_seconds=min_excerpt_seconds,
+                              classify_seconds=classify_seconds or None, robust_seconds=robust_seconds, folds=folds,
+                              resamples=resamples, seed=seed, probe=ProbeConfig(seed=seed))
+        report = evaluate_free_music(data_dir, list(systems), out, config=cfg, device=device, log=_log,
+                                     baselines=baselines)
         js, md = write_report(report, out)
         click.echo(markdown_table(report))
         _log(f"wrote {js} and {md}")

@@ -122,21 +122,22 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return x / np.where(norm > 0, norm, 1.0)
 
 
-def retrieval_metrics(
+def retrieval_per_query(
     embeddings: np.ndarray,
     work_ids: Sequence[Any],
     ks: Sequence[int] = (10,),
     block_size: int = 512,
-) -> dict[str, Any]:
-    """Cover-song / same-work retrieval over one collection.
+) -> dict[str, np.ndarray]:
+    """Per-query retrieval values over one collection (the units that
+    :func:`retrieval_metrics` averages and the bootstrap resamples).
 
     Each recording is a query; all OTHER recordings are ranked by cosine similarity. A
-    candidate is relevant when it has the query's work id. Per query: average precision
-    over its versions, precision at k (relevant among the top k, divided by k), and the
-    1-based rank of the first relevant candidate; each metric is the mean over queries
-    (``map``, ``p@k``, ``mr1``). Queries whose work has no other recording are skipped and
-    counted in ``skipped_queries``. Equal similarities rank non-versions first, so ties
-    (e.g. a collapsed embedding) can never flatter a model.
+    candidate is relevant when it has the query's work id. Returns arrays over the queries
+    (recordings whose work has another recording, in input order): ``query`` (their input
+    indices), ``ap`` (average precision over the query's versions), ``p@k`` (relevant among
+    the top k, divided by k) and ``rank1`` (1-based rank of the first relevant candidate).
+    Equal similarities rank non-versions first, so ties (e.g. a collapsed embedding) can
+    never flatter a model.
     """
     x = _normalise(embeddings)
     ids = np.unique(np.asarray([str(w) for w in work_ids]), return_inverse=True)[1]
@@ -148,8 +149,8 @@ def retrieval_metrics(
     if queries.size == 0:
         raise ValueError("no work has two or more recordings: nothing to retrieve")
     ks = [int(k) for k in ks]
-    ap_sum, first_sum = 0.0, 0.0
-    hits_at = {k: 0.0 for k in ks}
+    ap, first = np.empty(queries.size), np.empty(queries.size)
+    prec = {k: np.empty(queries.size) for k in ks}
     for start in range(0, queries.size, block_size):
         q = queries[start : start + block_size]
         sims = x[q] @ x.T
@@ -161,15 +162,30 @@ def retrieval_metrics(
         hits = np.take_along_axis(rel, order, axis=1)
         cum = np.cumsum(hits, axis=1)
         rank = np.arange(1, n)
-        n_rel = hits.sum(axis=1)
-        ap_sum += float(np.sum((cum * hits / rank).sum(axis=1) / n_rel))
-        first_sum += float(np.sum(hits.argmax(axis=1) + 1))
+        block = slice(start, start + q.size)
+        ap[block] = (cum * hits / rank).sum(axis=1) / hits.sum(axis=1)
+        first[block] = hits.argmax(axis=1) + 1
         for k in ks:
-            hits_at[k] += float(np.sum(cum[:, min(k, n - 1) - 1] / k))
-    nq = queries.size
-    out: dict[str, Any] = {"map": ap_sum / nq}
-    out.update({f"p@{k}": hits_at[k] / nq for k in ks})
-    out["mr1"] = first_sum / nq
+            prec[k][block] = cum[:, min(k, n - 1) - 1] / k
+    out = {"query": queries, "ap": ap, "rank1": first}
+    out.update({f"p@{k}": prec[k] for k in ks})
+    return out
+
+
+def retrieval_metrics(
+    embeddings: np.ndarray,
+    work_ids: Sequence[Any],
+    ks: Sequence[int] = (10,),
+    block_size: int = 512,
+) -> dict[str, Any]:
+    """Cover-song / same-work retrieval over one collection: the means over queries of
+    :func:`retrieval_per_query` (``map``, ``p@k``, ``mr1``). Queries whose work has no
+    other recording are skipped and counted in ``skipped_queries``."""
+    per = retrieval_per_query(embeddings, work_ids, ks, block_size)
+    nq = per["query"].size
+    out: dict[str, Any] = {"map": float(per["ap"].mean())}
+    out.update({f"p@{int(k)}": float(per[f"p@{int(k)}"].mean()) for k in ks})
+    out["mr1"] = float(per["rank1"].mean())
     out["queries"] = int(nq)
-    out["skipped_queries"] = int(n - nq)
+    out["skipped_queries"] = int(len(work_ids) - nq)
     return out

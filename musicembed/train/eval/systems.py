@@ -1,7 +1,9 @@
-"""Systems under evaluation: trained models, the MFCC baseline, and randomly initialised models.
+"""Systems under evaluation: trained models, the MFCC and random-FCN baselines, and randomly
+initialised models.
 
 A system spec is one of
 - ``mfcc``: MFCC mean + standard deviation over time (40-d), no learning;
+- ``randfcn``: the wide random FCN (:class:`RandomFCNEmbedder`, 512-d), no learning;
 - ``random:<model>``: the architecture of ``<model>`` (name or folder) with fresh weights
   drawn from a fixed seed, the "untrained encoder" baseline;
 - anything :func:`musicembed.load_model` accepts (manifest name, folder, ``hf-hub:...``).
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -27,6 +30,7 @@ from ...models import build_model
 
 RANDOM_PREFIX = "random:"
 RANDOM_SEED = 0
+TOP_DB = 80.0  # the random FCN's log-mel floor below the clip's maximum, in dB
 
 
 class Embedder(Protocol):
@@ -44,7 +48,28 @@ class System:
     embedder: Embedder
 
 
-class MFCCEmbedder:
+class _ClipEmbedder:
+    """A clip-level feature: ``_one(waveform at sample_rate) -> (D,)`` for every input."""
+
+    sample_rate: int
+    dim: int
+
+    def _one(self, wave: torch.Tensor) -> np.ndarray:
+        raise NotImplementedError
+
+    def embed(self, audio: AudioInput | Sequence[AudioInput], sample_rate: int | None = None) -> np.ndarray:
+        """One input -> (D,); a list -> (N, D). Arrays need ``sample_rate``."""
+        def one(x: AudioInput) -> np.ndarray:
+            return self._one(torch.from_numpy(load_audio(x, self.sample_rate, source_rate=sample_rate)))
+
+        if isinstance(audio, (str, np.ndarray, torch.Tensor)) or hasattr(audio, "__fspath__"):
+            return one(audio)
+        if not len(audio):
+            return np.zeros((0, self.dim), np.float32)
+        return np.stack([one(x) for x in audio])
+
+
+class MFCCEmbedder(_ClipEmbedder):
     """MFCC baseline: ``n_mfcc`` coefficients per frame (torchaudio), mean and standard
     deviation over time concatenated -> (2 * n_mfcc,) per input."""
 
@@ -52,6 +77,7 @@ class MFCCEmbedder:
                  n_mels: int = 128) -> None:
         self.sample_rate = sample_rate
         self.n_fft = n_fft
+        self.dim = 2 * n_mfcc
         self.settings = {"sample_rate": sample_rate, "n_mfcc": n_mfcc, "n_fft": n_fft, "hop_length": hop_length,
                          "n_mels": n_mels}
         self.transform = torchaudio.transforms.MFCC(
@@ -59,20 +85,76 @@ class MFCCEmbedder:
             melkwargs={"n_fft": n_fft, "hop_length": hop_length, "n_mels": n_mels})
 
     @torch.no_grad()
-    def _one(self, x: AudioInput, source_rate: int | None) -> np.ndarray:
-        wave = torch.from_numpy(load_audio(x, self.sample_rate, source_rate=source_rate))
+    def _one(self, wave: torch.Tensor) -> np.ndarray:
         if wave.numel() < self.n_fft:
             wave = torch.nn.functional.pad(wave, (0, self.n_fft - wave.numel()))
         m = self.transform(wave)  # (n_mfcc, frames)
         return torch.cat([m.mean(dim=1), m.std(dim=1, unbiased=False)]).numpy().astype(np.float32)
 
-    def embed(self, audio: AudioInput | Sequence[AudioInput], sample_rate: int | None = None) -> np.ndarray:
-        """One input -> (D,); a list -> (N, D). Arrays need ``sample_rate``."""
-        if isinstance(audio, (str, np.ndarray, torch.Tensor)) or hasattr(audio, "__fspath__"):
-            return self._one(audio, sample_rate)
-        if not len(audio):
-            return np.zeros((0, 2 * self.settings["n_mfcc"]), np.float32)
-        return np.stack([self._one(x, sample_rate) for x in audio])
+
+class RandomFCNEmbedder(_ClipEmbedder):
+    """The wide random FCN baseline (issue 17): a randomly initialised, never trained
+    fully convolutional network.
+
+    Input: 128-band log-mel (power mel spectrogram of a 2048-point STFT, hop 512, at 22.05
+    kHz, in dB, floored at 80 dB below the clip's maximum), standardised per clip (zero
+    mean, unit variance over all bands and frames of the whole input). The relative floor
+    and the standardisation make the vector independent of the input's level. Network: four
+    blocks conv3x3 (padding 1) + ReLU + max-pool, 1 -> 128 -> 256 -> 384 -> 512 channels,
+    pools (2, 4), (4, 4), (4, 4) and none (pools round up, so the last frames of a clip
+    count too); global average over the last block's frequency and time positions -> 512-d.
+    Weights: PyTorch's default initialisation after ``torch.manual_seed(seed)``. Inputs
+    longer than ``chunk_frames`` frames go through the network in chunks of that many frames
+    (a multiple of the 64-frame time pooling, so pooling cells never straddle chunks; only
+    the convolutions' zero padding at chunk edges differs from one pass), their outputs
+    averaged with weights equal to their number of positions; this bounds memory for whole
+    songs.
+    """
+
+    channels = (128, 256, 384, 512)
+    pools = ((2, 4), (4, 4), (4, 4), None)
+
+    def __init__(self, seed: int = RANDOM_SEED, sample_rate: int = 22050, n_fft: int = 2048, hop_length: int = 512,
+                 n_mels: int = 128, chunk_frames: int = 2048, device: str | None = None) -> None:
+        self.sample_rate = sample_rate
+        self.n_fft = n_fft
+        self.dim = self.channels[-1]
+        time_pool = math.prod(p[1] for p in self.pools if p)
+        if chunk_frames % time_pool:
+            raise ValueError(f"chunk_frames must be a multiple of the network's time pooling ({time_pool})")
+        self.chunk_frames = chunk_frames
+        self.device = torch.device(device or "cpu")
+        self.settings = {"seed": seed, "sample_rate": sample_rate, "n_fft": n_fft, "hop_length": hop_length,
+                         "n_mels": n_mels, "top_db": TOP_DB, "channels": list(self.channels),
+                         "pools": [list(p or []) for p in self.pools]}
+        self.mel = torchaudio.transforms.MelSpectrogram(sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length,
+                                                        n_mels=n_mels).to(self.device)
+        layers: list[torch.nn.Module] = []
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for c_in, c_out, pool in zip((1, *self.channels[:-1]), self.channels, self.pools, strict=True):
+                layers += [torch.nn.Conv2d(c_in, c_out, 3, padding=1), torch.nn.ReLU(inplace=True)]
+                if pool:
+                    layers.append(torch.nn.MaxPool2d(pool, ceil_mode=True))
+        self.net = torch.nn.Sequential(*layers).to(self.device).eval()
+        digest = hashlib.sha256()
+        for tensor in self.net.state_dict().values():
+            digest.update(tensor.detach().cpu().numpy().tobytes())
+        self.weights_sha256 = digest.hexdigest()
+
+    @torch.no_grad()
+    def _one(self, wave: torch.Tensor) -> np.ndarray:
+        if wave.numel() < self.n_fft:
+            wave = torch.nn.functional.pad(wave, (0, self.n_fft - wave.numel()))
+        db = 10 * torch.log10(self.mel(wave.to(self.device)).clamp_min(1e-10))  # (mels, frames)
+        db = db.clamp_min(db.max() - TOP_DB)
+        x = (db - db.mean()) / db.std(unbiased=False).clamp_min(1e-8)
+        total, weight = torch.zeros(self.dim, dtype=torch.float64, device=self.device), 0
+        for start in range(0, x.shape[1], self.chunk_frames):
+            out = self.net(x[None, None, :, start : start + self.chunk_frames])  # (1, 512, F', T')
+            total += out.sum(dim=(0, 2, 3)).double()
+            weight += out.shape[2] * out.shape[3]
+        return (total / weight).float().cpu().numpy()
 
 
 def random_model(ref: str, seed: int = RANDOM_SEED, device: str | None = None) -> tuple[Model, str]:
@@ -91,6 +173,9 @@ def load_system(spec: str, device: str | None = None) -> System:
     if spec == "mfcc":
         mfcc = MFCCEmbedder()
         return System(spec, "mfcc-" + json.dumps(mfcc.settings, sort_keys=True), mfcc)
+    if spec == "randfcn":
+        fcn = RandomFCNEmbedder(device=device)
+        return System(spec, f"randfcn-{fcn.weights_sha256[:16]}-" + json.dumps(fcn.settings, sort_keys=True), fcn)
     if spec.startswith(RANDOM_PREFIX):
         model, fingerprint = random_model(spec[len(RANDOM_PREFIX):], device=device)
         return System(spec, fingerprint, model)
