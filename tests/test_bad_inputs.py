@@ -770,7 +770,7 @@ def test_resume_rehash_notices_content_changed_under_the_same_size_and_mtime(pem
 # -- 6. window and hop are checked against the model; memory does not grow with 1/hop
 
 @pytest.mark.parametrize("opts,reason", [
-    (["--window", "0.05"], r"too short for this model: its encoder needs at least 0\.\d+ s \(\d+ samples\)"),
+    (["--window", "0.005"], r"too short for this model: its encoder needs at least 0\.\d+ s \(\d+ samples\)"),
     (["--hop", "0.001"], r"shorter than one frame of this model \(0\.008 s"),
     (["--hop", "0.00001"], r"shorter than one frame"),
 ])
