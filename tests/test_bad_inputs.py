@@ -661,6 +661,11 @@ def test_symlink_at_out_is_replaced_not_written_through(pemr_dir, tmp_path):
         r = run_cli(["embed", str(tmp_path / "a.wav"), "-m", str(pemr_dir), "--out", str(out)])
         assert r.returncode == 0, r.stderr
         assert not out.is_symlink() and out.is_file() and victim.read_bytes() == b"precious"
+    # links the user set up for folders keep working: OUT inside a symlinked folder
+    (tmp_path / "real").mkdir()
+    (tmp_path / "linked").symlink_to(tmp_path / "real", target_is_directory=True)
+    r = run_cli(["embed", str(tmp_path / "a.wav"), "-m", str(pemr_dir), "--out", str(tmp_path / "linked" / "o.npz")])
+    assert r.returncode == 0 and (tmp_path / "real" / "o.npz").is_file(), r.stderr
 
 
 # -- 3. a folder named like a manifest model never shadows it
