@@ -319,6 +319,7 @@ def test_api_file_case(case, model, matrix, monkeypatch):
     assert len(truncated) == (case.warn is not None)  # the API warns too
 
 
+@pytest.mark.filterwarnings("ignore::musicembed.embedder.TruncatedAudioWarning")  # checked per case above
 def test_api_list_of_all_cases_accounts_for_every_input(model, matrix, monkeypatch):
     _, paths = matrix
     monkeypatch.setattr(os, "access", _deny_secret(os.access))
