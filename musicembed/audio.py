@@ -7,6 +7,13 @@ sits in memory at its source rate; :func:`stream_audio` yields the blocks, and
 
 soxr is used rather than torchaudio's resampler because it streams (block boundaries do
 not change the output) and is 2-3x faster on CPU (see docs/paper-notes.md, "Audio").
+
+Truncated and damaged files, one policy for every format: a file is decoded up to its end
+or up to the first decoding error, and what decoded is used. When decoding stops with an
+error, or well before the length the header declares (:func:`declared_frames`), the end of
+the stream (:class:`StreamEnd`) carries a warning naming both durations. A file of which
+nothing decodes is an :class:`AudioError`, and so is a read error of the operating system
+(EIO): the file may be fine and the disk or network not, so it is not embedded in part.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import errno
 import math
 import numbers
 import os
+import re
 import stat
 import threading
 from collections.abc import Iterator, Sequence
@@ -49,19 +57,107 @@ UNSUPPORTED_AUDIO_EXTENSIONS = frozenset(
 
 @dataclass(frozen=True)
 class AudioInfo:
-    """What a file holds: duration in seconds, native rate in Hz, channels, container and codec."""
+    """What a file's header declares: duration in seconds and frames (None when the header
+    gives no length, e.g. a streamed FLAC), native rate in Hz, channels, container and codec."""
 
     path: str
-    duration: float
+    duration: float | None
     sample_rate: int
     channels: int
-    frames: int
+    frames: int | None
     format: str
     subtype: str
 
 
+@dataclass(frozen=True)
+class StreamEnd:
+    """The end of one input's blocks: the length its header declares (seconds, None when
+    unknown or for arrays) and a warning when decoding stopped early (see the module docstring)."""
+
+    declared_seconds: float | None = None
+    warning: str | None = None
+
+
+_SF_COUNT_MAX = 2**63 - 1  # libsndfile's frame count for "length unknown"
+_SHORT_SECONDS, _SHORT_FRACTION = 0.1, 0.01  # decoded this much short of the declared length: warn
+
+
+def declared_frames(f: sf.SoundFile) -> int | None:
+    """Frames the header declares, or None. libsndfile sizes a WAV/AIFF whose data chunk runs
+    past the end of the file by the file size; its log keeps the size the chunk declared."""
+    if f.frames >= _SF_COUNT_MAX or f.frames < 0 or stream_damage(f):
+        return None  # unknown, or (an Ogg cut short) only what the damaged stream shows
+    if f.format in _EXACT_SEEK and f.format not in ("FLAC", "MPEG"):
+        log = f.extra_info
+        data = re.search(r"^data\s*:\s*(\d+) \(should be \d+\)", log, re.M)
+        align = re.search(r"Block Align\s*:\s*(\d+)", log)
+        if data and align and int(align.group(1)) > 0:
+            size = int(data.group(1))
+            if size == 0 or size >= 0xFFFFFF00:  # what streaming writers put there: "length unknown"
+                return None
+            return max(f.frames, size // int(align.group(1)))
+    return f.frames
+
+
+def stream_damage(f: sf.SoundFile) -> str | None:
+    """Damage libsndfile notes while opening a file that it can still decode (an Ogg stream
+    cut short has no end-of-stream mark), or None."""
+    if f.format == "OGG" and "lacks an end-of-stream bit" in f.extra_info:
+        return "the Ogg stream ends without its end-of-stream mark"
+    return None
+
+
+def _end(name: str, rate: int, decoded: int, declared: int | None, stopped: str | None) -> StreamEnd:
+    """The :class:`StreamEnd` of a file of which ``decoded`` frames decoded (the one place of the policy)."""
+    if decoded == 0:
+        raise AudioError(name, "no audio samples could be decoded" + (f" ({stopped})" if stopped else ""))
+    short = declared is not None and declared - decoded > max(_SHORT_SECONDS * rate, _SHORT_FRACTION * declared)
+    warning = None
+    if stopped or short:
+        of = f" of the {declared / rate:.2f} s its header declares" if declared is not None else ""
+        why = f": {stopped}" if stopped else ""
+        warning = f"truncated or damaged: decoded {decoded / rate:.2f} s{of}{why}; embedded what decodes"
+    return StreamEnd(declared / rate if declared is not None else None, warning)
+
+
+def _read(f: sf.SoundFile, out: np.ndarray) -> tuple[int, str | None]:
+    """Read up to ``len(out)`` frames into ``out`` (float32, C order): (frames read, libsndfile's
+    error or None). Unlike ``SoundFile.read`` the frames decoded before an error are kept, and no
+    seek follows the read (a FLAC of unknown length cannot seek)."""
+    ffi, snd = getattr(sf, "_ffi", None), getattr(sf, "_snd", None)
+    if ffi is None or snd is None:  # pragma: no cover - a soundfile without these internals
+        try:
+            return len(f.read(len(out), dtype="float32", always_2d=True, out=out)), None
+        except (sf.LibsndfileError, RuntimeError) as e:
+            return 0, str(e)
+    n = int(snd.sf_readf_float(f._file, ffi.cast("float *", ffi.from_buffer(out)), len(out)))
+    if snd.sf_error(f._file):
+        return n, ffi.string(snd.sf_strerror(f._file)).decode("utf-8", "replace").strip()
+    return n, None
+
+
+def _read_error(message: str) -> str | None:
+    """The OS error in libsndfile's words for a failed read() (EIO, ...), or None for bad data."""
+    if not message.startswith("System error"):
+        return None
+    return message.split(":", 1)[-1].strip().rstrip(".") or message
+
+
+def _check_name(name: str) -> None:
+    """Refuse a file name no file system can hold (the OS calls would raise ValueError or
+    UnicodeEncodeError, not an OSError)."""
+    if "\x00" in name:
+        raise AudioError(name, "file name contains a NUL byte (no file can have this name)")
+    try:
+        os.fsencode(name)
+    except UnicodeEncodeError:
+        raise AudioError(name, "file name holds characters that cannot be encoded for the file system "
+                               "(a lone surrogate?)") from None
+
+
 def _open(path: PathLike) -> sf.SoundFile:
     name = os.fspath(path)
+    _check_name(name)
     try:
         st = os.stat(name)
     except FileNotFoundError:
@@ -90,20 +186,43 @@ def _open(path: PathLike) -> sf.SoundFile:
         reason = reason.strip() or type(e).__name__
         if "Permission denied" in reason:
             raise AudioError(name, "permission denied") from None
+        failed = _read_fails(name)  # libsndfile words a failed read like bad data (MP3: "not a regular file")
+        if failed:
+            raise AudioError(name, f"read error: {failed} (the disk or network failed, not the file's data: "
+                                   "try again)") from None
         if "does not exist or is not a regular file" in reason:  # libsndfile's words when its MP3 decoder gives up
             reason = "not a valid audio file (no decodable audio data found)"
         raise AudioError(name, f"cannot decode: {reason}") from None
 
 
+_PROBE_BYTES = 256 << 20
+
+
+def _read_fails(name: str) -> str | None:
+    """The OS error reading the file's first :data:`_PROBE_BYTES` gives (EIO, ...), or None."""
+    try:
+        with open(os.fsencode(name), "rb", buffering=0) as f:
+            left = _PROBE_BYTES
+            while left > 0:
+                chunk = f.read(min(1 << 20, left))
+                if not chunk:
+                    break
+                left -= len(chunk)
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
+
+
 def info(path: PathLike) -> AudioInfo:
     """Header facts of an audio file (no full decode)."""
     with _open(path) as f:
+        frames = declared_frames(f)
         return AudioInfo(
             path=os.fspath(path),
-            duration=f.frames / f.samplerate if f.samplerate else 0.0,
+            duration=frames / f.samplerate if f.samplerate and frames is not None else None,
             sample_rate=f.samplerate,
             channels=f.channels,
-            frames=f.frames,
+            frames=frames,
             format=f.format,
             subtype=f.subtype,
         )
@@ -180,16 +299,22 @@ class _Resampler:
 def _blocks_from_array(x: np.ndarray, in_rate: int, sample_rate: int, block: int) -> Iterator[np.ndarray]:
     rs = _Resampler(in_rate, sample_rate)
     n = len(x)
+    produced = 0
     for start in range(0, n, block):
         out = rs(x[start : start + block], last=start + block >= n)
+        produced += out.size
         if out.size:
             yield out
+    if produced == 0:
+        raise AudioError("<array>", f"{n} samples at {in_rate:g} Hz resample to no sample at {sample_rate} Hz")
+    return StreamEnd()
 
 
 def _blocks_from_file(path: PathLike, sample_rate: int, block_seconds: float, *, skip: int = 0,
-                      resampler: _Resampler | None = None) -> Iterator[np.ndarray]:
-    """Blocks of a file, read sequentially. ``skip`` frames already handled elsewhere (with
-    ``resampler``, the stream that resampled them) are read again but not yielded."""
+                      resampler: _Resampler | None = None, produced: int = 0):
+    """Blocks of a file, read sequentially; returns its :class:`StreamEnd`. ``skip`` frames
+    already handled elsewhere (with ``resampler``, the stream that resampled them into
+    ``produced`` samples) are read again but not yielded."""
     name = os.fspath(path)
     with _open(path) as f:
         if f.frames == 0:
@@ -201,35 +326,36 @@ def _blocks_from_file(path: PathLike, sample_rate: int, block_seconds: float, *,
         buf = np.empty((block, f.channels), dtype=np.float32)
         mono_buf = np.empty(block, dtype=np.float32)
         rs = resampler or _Resampler(f.samplerate, sample_rate)
-        total = 0
-        while total < skip:  # reading, not seeking: the same frames (and errors) as one pass from the start
-            try:
-                step = min(block, skip - total)
-                got = f.read(step, dtype="float32", always_2d=True, out=buf[:step])
-            except (sf.LibsndfileError, RuntimeError) as e:
-                raise AudioError(name, f"decoding failed after {total / f.samplerate:.2f} s: {e}") from None
-            if not len(got):
-                break
-            total += len(got)
-        while True:
-            try:
-                got = f.read(block, dtype="float32", always_2d=True, out=buf)
-            except (sf.LibsndfileError, RuntimeError) as e:
-                raise AudioError(name, f"decoding failed after {total / f.samplerate:.2f} s: {e}") from None
-            n = len(got)
+        total, stopped = 0, None
+        while True:  # reading, not seeking: the same frames (and errors) as one pass from the start
+            want = min(block, skip - total) if total < skip else block
+            n, error = _read(f, buf[:want])
+            if error and _read_error(error):
+                raise AudioError(name, f"read error after {(total + n) / f.samplerate:.2f} s: {_read_error(error)} "
+                                       "(the disk or network failed, not the file's data: try again)")
+            skipped = min(n, max(skip - total, 0))
             total += n
-            last = n < block
-            with np.errstate(over="ignore", invalid="ignore"):  # absurd levels overflow: caught just below
-                mono = _downmix(got, mono_buf) if n else mono_buf[:0]
-            if not np.isfinite(mono).all():
-                raise AudioError(name, "decoded samples contain NaN or infinite values")
-            out = rs(mono, last=last)
-            if out.size:
-                yield out
+            last = n < want or error is not None
+            if n > skipped:
+                with np.errstate(over="ignore", invalid="ignore"):  # absurd levels overflow: caught just below
+                    mono = _downmix(buf[skipped:n], mono_buf)
+                if not np.isfinite(mono).all():
+                    raise AudioError(name, "decoded samples contain NaN or infinite values")
+            else:
+                mono = mono_buf[:0]
+            if mono.size or last:
+                out = rs(mono, last=last)
+                produced += out.size
+                if out.size:
+                    yield out
+            if error:
+                stopped = f"decoding stopped at {total / f.samplerate:.2f} s ({error})"
             if last:
                 break
-        if total == 0:
-            raise AudioError(name, "no audio samples could be decoded")
+        end = _end(name, f.samplerate, total, declared_frames(f), stopped or stream_damage(f))
+        if produced == 0:
+            raise AudioError(name, f"{total} frames at {f.samplerate} Hz resample to no sample at {sample_rate} Hz")
+        return end
 
 
 def stream_audio(
@@ -245,6 +371,11 @@ def stream_audio(
     or an array/tensor, which needs ``source_rate`` (its rate in Hz). Raises
     :class:`AudioError` naming the file and the reason when the input cannot be decoded.
     """
+    return (yield from _stream(source, sample_rate, source_rate=source_rate, block_seconds=block_seconds))
+
+
+def _stream(source: AudioInput, sample_rate: int, *, source_rate: int | None, block_seconds: float):
+    """:func:`stream_audio`, returning the input's :class:`StreamEnd` when its blocks are done."""
     if isinstance(source, (np.ndarray, torch.Tensor)):
         if source_rate is None:
             raise AudioError("<array>", "arrays and tensors need sample_rate= (their rate in Hz)")
@@ -253,11 +384,11 @@ def stream_audio(
         if not source_rate >= MIN_SAMPLE_RATE or not math.isfinite(source_rate):  # NaN fails both
             raise AudioError("<array>", f"sample_rate must be at least {MIN_SAMPLE_RATE} Hz, got {source_rate}")
         x = _array_to_mono(source, "<array>")
-        yield from _blocks_from_array(x, int(source_rate), sample_rate, max(1, int(block_seconds * source_rate)))
-        return
+        return (yield from _blocks_from_array(x, int(source_rate), sample_rate,
+                                               max(1, int(block_seconds * source_rate))))
     if not isinstance(source, (str, os.PathLike)):
-        raise AudioError(repr(source)[:80], "expected a file path, numpy array or torch tensor")
-    yield from _blocks_from_file(source, sample_rate, block_seconds)
+        raise AudioError(_name_of(source), "expected a file path, numpy array or torch tensor")
+    return (yield from _blocks_from_file(source, sample_rate, block_seconds))
 
 
 def stream_many(
@@ -267,10 +398,11 @@ def stream_many(
     source_rate: int | None = None,
     block_seconds: float = BLOCK_SECONDS,
     threads: int | None = None,
-) -> Iterator[tuple[int, np.ndarray | None | AudioError]]:
+) -> Iterator[tuple[int, np.ndarray | StreamEnd | AudioError]]:
     """Decode many inputs in order: yield ``(i, block)`` for each block of input ``i`` (float32
-    mono at ``sample_rate`` Hz, the same blocks :func:`stream_audio` yields), then ``(i, None)``
-    at its end, or ``(i, AudioError)`` when it fails (blocks already yielded stay valid).
+    mono at ``sample_rate`` Hz, the same blocks :func:`stream_audio` yields), then
+    ``(i, StreamEnd)`` at its end, or ``(i, AudioError)`` when it fails (blocks already
+    yielded stay valid).
 
     With ``threads`` > 1 (default :data:`DECODE_THREADS`) files are decoded by a pool of
     threads, up to ``2 * threads`` blocks ahead: the 30-s blocks of one long file are read
@@ -290,21 +422,34 @@ def stream_many(
 
 
 def _one_input(i: int, x: AudioInput, sample_rate: int, source_rate: int | None,
-               block_seconds: float) -> Iterator[tuple[int, np.ndarray | None | AudioError]]:
+               block_seconds: float) -> Iterator[tuple[int, np.ndarray | StreamEnd | AudioError]]:
     try:
-        for block in stream_audio(x, sample_rate, source_rate=source_rate, block_seconds=block_seconds):
-            yield i, block
-        yield i, None
+        end = yield from _tagged(i, _stream(x, sample_rate, source_rate=source_rate, block_seconds=block_seconds))
+        yield i, end
     except AudioError as e:
         yield i, e
     except Exception as e:  # a decoder bug must cost this input only, never the run
         yield i, AudioError(_name_of(x), f"{type(e).__name__}: {e}")
 
 
+def _tagged(i: int, blocks):
+    """(i, block) for each block; returns the blocks' own return value (their StreamEnd)."""
+    while True:
+        try:
+            block = next(blocks)
+        except StopIteration as stop:
+            return stop.value
+        yield i, block
+
+
 def _name_of(x: object) -> str:
+    """How an input is named in messages: its path, ``<array>``, or (not an input) its repr."""
     if isinstance(x, (np.ndarray, torch.Tensor)):
         return "<array>"
-    return os.fspath(x) if isinstance(x, (str, os.PathLike)) else repr(x)[:80]
+    try:
+        return os.fspath(x) if isinstance(x, (str, os.PathLike)) else repr(x)[:80]
+    except Exception:  # a PathLike whose __fspath__ fails
+        return f"<{type(x).__name__}>"
 
 
 # Containers whose seeks land on the exact sample, so a block read after a seek equals the
@@ -408,20 +553,23 @@ class _DecodePool:
         try:
             with _open(x) as f:
                 frames, rate, channels, seekable, fmt = f.frames, f.samplerate, f.channels, f.seekable(), f.format
+                declared, damage = declared_frames(f), stream_damage(f)
         except AudioError as e:
             return e
-        if not seekable or frames <= 0 or rate < MIN_SAMPLE_RATE or channels < 1:
-            return None  # the sequential path reports what is wrong
+        except Exception as e:  # a decoder bug must cost this input only, never the run
+            return AudioError(name, f"{type(e).__name__}: {e}")
+        if not seekable or frames <= 0 or declared is None or rate < MIN_SAMPLE_RATE or channels < 1:
+            return None  # the sequential path reads it (a length the header does not give) or reports it
         block = max(1, min(int(self.block_seconds * rate), _MAX_BLOCK_SAMPLES // channels))
         if fmt in _EXACT_SEEK:  # each block by whichever thread is free, seeking to it
-            return _Plan(name, rate, channels, block, range(0, frames, block), 1)
+            return _Plan(name, rate, channels, block, range(0, frames, block), 1, declared, damage)
         if frames <= 2 * block:  # a short file: read from the start by one thread (no seek)
-            return _Plan(name, rate, channels, block, range(1), 2)
+            return _Plan(name, rate, channels, block, range(1), 2, declared, damage)
         return None  # long Ogg: its seeks are not sample-exact in libsndfile; read in order here
 
     def _consume(self, i: int, plan: "_Plan", futures, fill):
         rs = _Resampler(plan.rate, self.sample_rate)
-        total = 0
+        total = produced = 0
         for k in range(len(plan)):
             fill()
             if not futures or futures[0][0] != i or futures[0][1] != k:
@@ -435,19 +583,24 @@ class _DecodePool:
                 total += len(mono)
                 last = len(mono) < plan.block
                 out = rs(mono, last=last)
+                produced += out.size
                 if out.size:
                     yield i, out
                 if last:
-                    if total == 0:
-                        yield i, AudioError(plan.name, "no audio samples could be decoded")
-                    else:
-                        yield i, None
+                    try:
+                        end = _end(plan.name, plan.rate, total, plan.declared, plan.damage)
+                        if produced == 0:
+                            raise AudioError(plan.name, f"{total} frames at {plan.rate} Hz resample to no sample "
+                                                        f"at {self.sample_rate} Hz")
+                    except AudioError as e:
+                        end = e
+                    yield i, end
                     return
         # Audio beyond the header's length, or a block that failed: continue sequentially.
         try:
-            for out in _blocks_from_file(plan.name, self.sample_rate, self.block_seconds, skip=total, resampler=rs):
-                yield i, out
-            yield i, None
+            end = yield from _tagged(i, _blocks_from_file(plan.name, self.sample_rate, self.block_seconds, skip=total,
+                                                          resampler=rs, produced=produced))
+            yield i, end
         except AudioError as e:
             yield i, e
         except Exception as e:
@@ -458,9 +611,10 @@ class _Plan:
     """A file's blocks, unit k = (start frame, reads): computed when asked for, since a broken
     header can claim ~2^63 frames (a list of its units would not fit in memory)."""
 
-    def __init__(self, name: str, rate: int, channels: int, block: int, starts: range, reads: int) -> None:
+    def __init__(self, name: str, rate: int, channels: int, block: int, starts: range, reads: int,
+                 declared: int | None, damage: str | None) -> None:
         self.name, self.rate, self.channels, self.block = name, rate, channels, block
-        self.starts, self.reads = starts, reads
+        self.starts, self.reads, self.declared, self.damage = starts, reads, declared, damage
 
     def __len__(self) -> int:
         return len(self.starts)

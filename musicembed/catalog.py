@@ -11,10 +11,14 @@ Layout of ``OUT.partial``: records of ``MAGIC (4 bytes) | payload length (u64 LE
 crc32 of the payload (u32 LE) | payload``. The first record (magic ``MEH1``) holds the run's
 settings as JSON: the model (name, version, a fingerprint of config and weights) and the
 options that change vectors. Every later record (``MER1``) is one finished file, an
-uncompressed ``.npz`` (no pickles) holding its key and its :class:`Embedding`. A file's key
-is its absolute path, size and modification time, so a file changed since it was recorded
-is embedded again. A torn or damaged tail (the record being written when the run died) is
-detected by length and checksum, cut off, and its file embedded again.
+uncompressed ``.npz`` (no pickles) holding its key, the sha256 of the file's content when
+it was recorded, and its :class:`Embedding`. A file's key is its absolute path, size and
+modification time (ns). The rule of ``--resume``: a recorded result is reused when the
+file's key is unchanged; a file rewritten with the same size and modification time (a
+restored backup, ``touch -d``) is therefore not noticed, unless ``--rehash`` is given:
+then a result is reused only when the file's sha256 also equals the recorded one (every
+file is read once more). A torn or damaged tail (the record being written when the run
+died) is detected by length and checksum, cut off, and its file embedded again.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import stat
 import struct
 import zlib
 from pathlib import Path
@@ -31,6 +36,7 @@ import numpy as np
 
 from .embedder import Embedding, LevelEmbedding
 from .errors import MusicEmbedError
+from .fileio import remove_stale_temporaries
 
 try:  # POSIX: one run per store at a time
     import fcntl
@@ -79,10 +85,23 @@ def run_settings(model, *, window_seconds: float | None, hop_seconds: float | No
     }
 
 
-def _encode(key: str, e: Embedding) -> bytes:
+def content_hash(key: str) -> str | None:
+    """sha256 (hex) of the content of the file a :func:`file_key` names; None if it cannot be read."""
+    from .hub import sha256_file
+
+    try:
+        return sha256_file(json.loads(key)[0])
+    except (OSError, ValueError, TypeError, IndexError, KeyError):  # unreadable now, or not a file key
+        return None
+
+
+def _encode(key: str, e: Embedding, sha256: str | None) -> bytes:
     arrays: dict[str, np.ndarray] = {
-        "key": np.array(key), "source": np.array(e.source), "clip": e.clip, "vectors": e.vectors,
+        "key": np.array(key), "sha256": np.array(sha256 or ""), "source": np.array(e.source), "clip": e.clip,
+        "vectors": e.vectors,
         "starts": np.asarray(e.starts), "ends": np.asarray(e.ends), "duration": np.array(e.duration, np.float64),
+        "declared_duration": np.array(np.nan if e.declared_duration is None else e.declared_duration, np.float64),
+        "warning": np.array(e.warning or ""),
     }
     for n, lv in enumerate(e.levels or []):
         arrays[f"level{n}_vectors"] = lv.vectors
@@ -93,7 +112,7 @@ def _encode(key: str, e: Embedding) -> bytes:
     return buf.getvalue()
 
 
-def _decode(payload: bytes) -> tuple[str, Embedding]:
+def _decode(payload: bytes) -> tuple[str, Embedding, str | None]:
     with np.load(io.BytesIO(payload), allow_pickle=False) as z:
         d = {k: z[k] for k in z.files}
     levels = []
@@ -104,15 +123,20 @@ def _decode(payload: bytes) -> tuple[str, Embedding]:
         n += 1
     e = Embedding(source=str(d["source"]), clip=d["clip"], vectors=d["vectors"], starts=d["starts"],
                   ends=d["ends"], duration=float(d["duration"]), levels=levels or None)
-    return str(d["key"]), e
+    if "declared_duration" in d and not np.isnan(d["declared_duration"]):
+        e.declared_duration = float(d["declared_duration"])
+    e.warning = (str(d["warning"]) or None) if "warning" in d else None
+    return str(d["key"]), e, (str(d["sha256"]) or None) if "sha256" in d else None
 
 
 def _frame(magic: bytes, payload: bytes) -> bytes:
     return _HEAD.pack(magic, len(payload), zlib.crc32(payload)) + payload
 
 
-def read_records(f) -> tuple[dict[str, Any] | None, dict[str, Embedding], int]:
-    """Parse a store from the start: (settings or None, {key: Embedding}, offset of the end of the last good record)."""
+def read_records(f, hashes: dict[str, str | None] | None = None) -> tuple[dict[str, Any] | None,
+                                                                        dict[str, Embedding], int]:
+    """Parse a store from the start: (settings or None, {key: Embedding}, offset of the end of the last good
+    record); ``hashes``, when given, receives each key's recorded content sha256."""
     size = os.fstat(f.fileno()).st_size
     f.seek(0)
     meta, done, good = None, {}, 0
@@ -132,12 +156,38 @@ def read_records(f) -> tuple[dict[str, Any] | None, dict[str, Embedding], int]:
             if magic == _MAGIC_META:
                 meta = json.loads(payload)
             else:
-                key, e = _decode(payload)
+                key, e, sha = _decode(payload)
                 done[key] = e
+                if hashes is not None:
+                    hashes[key] = sha
         except Exception:  # checksum fine but unreadable: treat as the damaged tail
             break
         good = f.tell()
     return meta, done, good
+
+
+def _open_store(path: Path):
+    """Open (creating) ``path`` for reading and appending, never through a link: a symbolic link
+    there is refused (O_NOFOLLOW), and so is anything but a regular file with one name (a hard
+    link would make the truncation at a fresh start truncate another file too)."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, flags, 0o666)
+    except OSError as e:
+        if path.is_symlink():  # ELOOP from O_NOFOLLOW
+            raise StoreError(f"{path}: is a symbolic link; musicembed creates this file itself and does not write "
+                             "through links: remove it (or choose another --out)") from None
+        raise StoreError(f"{path}: cannot create the partial results file: {e.strerror or e}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
+        os.close(fd)
+        what = "not a regular file" if not stat.S_ISREG(st.st_mode) else f"a file with {st.st_nlink} hard links"
+        raise StoreError(f"{path}: is {what}; musicembed creates this file itself and does not write into "
+                         "other files: remove it (or choose another --out)")
+    os.set_blocking(fd, True)
+    # Unbuffered: a failed write (a full disk) raises at once and leaves nothing pending for close().
+    return os.fdopen(fd, "a+b", buffering=0)  # appends go to the end whatever the position
 
 
 class PartialStore:
@@ -147,6 +197,7 @@ class PartialStore:
         self.path = path
         self._f = f
         self._fresh: dict[str, Any] | None = None  # settings of a new store, written with its first record
+        self.hashes: dict[str, str | None] = {}  # key -> content sha256 of the records read back
 
     @classmethod
     def open(cls, out: str | os.PathLike, settings: dict[str, Any],
@@ -154,11 +205,7 @@ class PartialStore:
         """Open (and lock) ``OUT.partial``. Returns the store, the results it already holds (only with
         ``resume`` and matching settings) and a note for the user, or None."""
         path = partial_path(out)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            f = open(path, "a+b")  # appends go to the end whatever the position
-        except OSError as e:
-            raise StoreError(f"{path}: cannot create the partial results file: {e.strerror or e}") from None
+        f = _open_store(path)
         try:
             if fcntl is not None:
                 try:
@@ -168,9 +215,13 @@ class PartialStore:
                                      "wait for it or choose another --out") from None
             store = cls(path, f)
             note, done = None, {}
+            stale = remove_stale_temporaries(out)  # this run holds the lock: no other run is writing OUT
+            if stale:
+                note = (f"removed {len(stale)} temporary file(s) left by an interrupted write of {out}: "
+                        f"{', '.join(p.name for p in stale)}")
             size = os.fstat(f.fileno()).st_size
             if resume:
-                meta, done, good = read_records(f)
+                meta, done, good = read_records(f, store.hashes)
                 if meta is None:
                     note = f"--resume: no partial results in {path}; embedding everything"
                 elif meta != settings:
@@ -180,8 +231,9 @@ class PartialStore:
                     done = {}
                 else:
                     if good < size:
-                        note = (f"--resume: dropped the damaged last record of {path} ({size - good} bytes, "
-                                "written when the run was interrupted); its file is embedded again")
+                        note = (f"--resume: {path} is damaged from byte {good} on ({size - good} bytes: a record "
+                                "torn when the run was interrupted, or damaged since); the files recorded there "
+                                "are embedded again")
                     f.truncate(good)
                     os.fsync(f.fileno())
                     return store, done, note
@@ -209,23 +261,47 @@ class PartialStore:
                 os.close(dfd)
 
     def _write(self, data: bytes) -> None:
-        self._f.write(data)
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        """Append ``data`` durably; on failure (a full disk) the store is cut back to what it held."""
+        fd = self._f.fileno()
+        before = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except OSError:
+            try:
+                os.ftruncate(fd, before)
+            except OSError:
+                pass  # the torn record is dropped by the next --resume (length and checksum)
+            raise
 
     def append(self, key: str, result: Embedding) -> None:
-        """Record one finished file (durable when this returns)."""
+        """Record one finished file with its content hash (durable when this returns)."""
+        sha = content_hash(key)
         if self._fresh is not None:
             self._reset(self._fresh)
             self._fresh = None
-        self._write(_frame(_MAGIC_RECORD, _encode(key, result)))
+        self._write(_frame(_MAGIC_RECORD, _encode(key, result, sha)))
+
+    def reusable(self, key: str | None, done: dict[str, Embedding], rehash: bool = False) -> Embedding | None:
+        """The recorded result for ``key`` if the rule of ``--resume`` (module docstring) allows reusing it."""
+        if key is None or key not in done:
+            return None
+        if rehash and (self.hashes.get(key) is None or content_hash(key) != self.hashes[key]):
+            return None
+        return done[key]
 
     def close(self) -> None:
         """Close (and unlock), keeping the file for a later ``--resume`` (unless this run left it empty)."""
         if not self._f.closed:
-            if self._fresh is not None and os.fstat(self._f.fileno()).st_size == 0:
-                self.path.unlink(missing_ok=True)
-            self._f.close()
+            try:
+                if self._fresh is not None and os.fstat(self._f.fileno()).st_size == 0:
+                    self.path.unlink(missing_ok=True)
+            except OSError:
+                pass
+            finally:
+                self._f.close()  # unbuffered: nothing left to write that could fail here
 
     def remove(self) -> None:
         """The run completed and its output is written: delete the store."""

@@ -10,9 +10,7 @@ import click
 import numpy as np
 
 from . import __version__
-from .errors import MusicEmbedError
-
-EXIT_FAILED_INPUTS = 1
+from .errors import EXIT_FAILED_INPUTS, EXIT_INTERRUPTED, EXIT_NOTHING_WRITTEN, MusicEmbedError
 
 
 class _LazyGroup(click.Group):
@@ -45,6 +43,19 @@ class _LazyGroup(click.Group):
         with formatter.section("Commands"):
             formatter.write_dl(sorted(rows))
 
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:  # click would print "Aborted!" and exit 1, the code of failed inputs
+            click.echo("\ninterrupted: nothing written", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
+
+
+class Fatal(click.ClickException):
+    """A one-line error that stops a command before it writes its output."""
+
+    exit_code = EXIT_NOTHING_WRITTEN
+
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="musicembed")
@@ -58,10 +69,18 @@ def cli() -> None:
       musicembed embed music/ -r --out catalog.npz --model mart --hierarchical
       musicembed models
     """
+    import warnings
+
+    warnings.showwarning = _show_warning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings on the command line: one line each, without the source location."""
+    click.echo(f"warning: {message}", err=True)
 
 
 def _fail(msg: str) -> None:
-    raise click.ClickException(msg)
+    raise Fatal(msg)
 
 
 @cli.command()
@@ -89,15 +108,21 @@ def _fail(msg: str) -> None:
                    "folder given decides). Write each part to a .npz and combine them with `musicembed merge`.")
 @click.option("--resume", is_flag=True,
               help="Continue an interrupted run with the same --out: files it finished (kept in OUT.partial "
-                   "while a run is under way) are not embedded again.")
+                   "while a run is under way) are not embedded again, unless their path, size or modification "
+                   "time changed.")
+@click.option("--rehash", is_flag=True,
+              help="With --resume: reuse a finished file only if its content (sha256) is also unchanged, e.g. "
+                   "after files were replaced keeping their size and modification time.")
 def embed(paths: tuple[Path, ...], recursive: bool, model_name: str, out: Path | None, timestamps: bool,
           hierarchical: bool, window_seconds: float | None, hop_seconds: float | None, device: str | None,
           batch_size: int | None, fast: bool, as_json: bool, progress: bool | None, shard_spec: str | None,
-          resume: bool) -> None:
+          resume: bool, rehash: bool) -> None:
     """Embed audio files (WAV, FLAC, OGG, MP3, ...) and folders.
 
     Files that fail are reported on stderr with the reason; every other file is still
-    embedded and written, and the exit code is 1.
+    embedded and written, and the exit code is 1. Truncated or damaged files are embedded
+    from what decodes, with a warning line naming the decoded and declared durations.
+    Exit code 2: nothing written (a bad option, model or output, a full disk); 130: Ctrl-C.
 
     With --out, each finished file is also recorded in OUT.partial as the run goes. An
     interrupted run leaves OUT as it was; run the same command with --resume to continue.
@@ -112,12 +137,19 @@ def embed(paths: tuple[Path, ...], recursive: bool, model_name: str, out: Path |
     """
     from .audio import find_audio_files
     from .embedder import load_model
-    from .outputs import FORMATS, to_json, write_results
+    from .outputs import FORMATS, check_options, to_json, write_results
 
     if out is not None and out.suffix.lower() not in FORMATS:
         _fail(f"--out must end in one of {', '.join(FORMATS)} (got {out.name!r})")
+    if out is not None:
+        try:
+            check_options(out, windows=timestamps, levels=hierarchical)
+        except ValueError as e:
+            _fail(str(e))
     if resume and out is None:
         _fail("--resume needs --out FILE: it continues the interrupted run that was writing FILE")
+    if rehash and not resume:
+        _fail("--rehash is an option of --resume: it decides which recorded results are reused")
     files, problems = find_audio_files(list(paths), recursive=recursive, report_unsupported=True)
     selection = None
     if shard_spec is not None:  # the sharding logic lives in musicembed/shard.py
@@ -132,7 +164,7 @@ def embed(paths: tuple[Path, ...], recursive: bool, model_name: str, out: Path |
         files = selection.files
     try:
         model = load_model(model_name, device=device, fast=fast)
-    except MusicEmbedError as e:
+    except (MusicEmbedError, ValueError) as e:  # ValueError: an unusable --device
         _fail(str(e))
     if hierarchical and model.config.method != "mart":
         _fail(f"--hierarchical needs a MART model (--model mart); {model_name!r} is {model.config.method}")
@@ -152,7 +184,8 @@ def embed(paths: tuple[Path, ...], recursive: bool, model_name: str, out: Path |
         if note:
             click.echo(note, err=True)
         keys = [file_key(f) for f in files]
-        finished = {i: replace(done[k], source=str(files[i])) for i, k in enumerate(keys) if k in done}
+        reuse = {i: store.reusable(k, done, rehash) for i, k in enumerate(keys)}
+        finished = {i: replace(e, source=str(files[i])) for i, e in reuse.items() if e is not None}
         if resume:
             click.echo(f"resuming: {len(finished)} of {len(files)} file(s) already embedded; "
                        f"embedding the other {len(files) - len(finished)}", err=True)
@@ -167,6 +200,8 @@ def embed(paths: tuple[Path, ...], recursive: bool, model_name: str, out: Path |
                 failures.append((str(files[i]), getattr(res, "reason", str(res))))
                 click.echo(f"error: {res}", err=True)
                 continue
+            if res.warning:
+                click.echo(f"warning: {res.source}: {res.warning}", err=True)
             if out is not None and not timestamps:  # keep only what the output holds: memory stays small
                 res = replace(res, vectors=res.vectors[:0], starts=res.starts[:0], ends=res.ends[:0])
             finished[i] = res
@@ -229,11 +264,20 @@ def models(as_json: bool) -> None:
     def status(name: str, e: dict) -> tuple[bool, str, str]:
         """(available offline, where from, problem): a broken entry is listed, not fatal."""
         try:
-            hubinfo = e.get("hub") or {}
-            where = "bundled" if hub.bundled_dir(e) else (hubinfo.get("repo_id") or "-")
-            return hub.available_offline(name), where, ""
+            return hub.available_offline(name), "bundled" if hub.bundled_dir(e) else "hub", ""
         except (MusicEmbedError, KeyError, TypeError) as err:
             return False, "-", f"invalid manifest entry: {err}"
+
+    def weights_sha(e: dict) -> str:
+        """The first 12 hex digits of the weights file's sha256 (the manifest checks the whole)."""
+        files = e.get("files") if isinstance(e.get("files"), list) else []
+        sha = next((f.get("sha256") for f in files if isinstance(f, dict) and f.get("name") == hub.WEIGHTS_NAME), None)
+        return sha[:12] if isinstance(sha, str) else "-"
+
+    def hub_repo(e: dict) -> str:
+        info = e.get("hub") if isinstance(e.get("hub"), dict) else {}
+        repo = info.get("repo_id") or "-"
+        return repo + ("" if info.get("published", True) or repo == "-" else " (unpublished)")
 
     if as_json:
         out = {}
@@ -245,11 +289,12 @@ def models(as_json: bool) -> None:
     if not manifest:
         click.echo("No models in the manifest. Load a local folder or hf-hub:<owner>/<repo> with --model.")
         return
-    rows = [("name", "method", "dim", "rate", "offline", "source", "description")]
+    rows = [("name", "method", "dim", "rate", "offline", "source", "sha256", "hub repository", "description")]
     for name, e in sorted(manifest.items()):
         offline, where, problem = status(name, e)
         rows.append((name, e.get("method", "?"), str(e.get("embedding_dim", "?")), str(e.get("sample_rate", "?")),
-                     "yes" if offline else "no", where, problem or e.get("description", "")))
+                     "yes" if offline else "no", where, weights_sha(e), hub_repo(e),
+                     problem or e.get("description", "")))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
@@ -272,6 +317,8 @@ def download(name: str, force: bool) -> None:
 
     try:
         res = hub.resolve(name, force_download=force)
+    except hub.HubUnreachableError as e:  # its remedy would be this very command
+        _fail(f"{e.problem}: connect to the network (or unset HF_HUB_OFFLINE) and try again")
     except MusicEmbedError as e:
         _fail(str(e))
     click.echo(f"{name}: ok ({res.weights})")
@@ -303,7 +350,8 @@ def info(paths: tuple[Path, ...], as_json: bool) -> None:
         if as_json:
             click.echo(json.dumps(asdict(i)))
         else:
-            click.echo(f"{i.path}: {i.duration:.3f}s  {i.sample_rate} Hz  {i.channels} ch  {i.format}/{i.subtype}")
+            length = f"{i.duration:.3f}s" if i.duration is not None else "length unknown (not in the header)"
+            click.echo(f"{i.path}: {length}  {i.sample_rate} Hz  {i.channels} ch  {i.format}/{i.subtype}")
     if failed:
         sys.exit(EXIT_FAILED_INPUTS)
 

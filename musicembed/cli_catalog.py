@@ -13,13 +13,13 @@ from pathlib import Path
 
 import click
 
-from .errors import MusicEmbedError
-
-EXIT_FAILED_INPUTS = 1
+from .errors import EXIT_FAILED_INPUTS, MusicEmbedError
 
 
 def _fail(msg: str) -> None:
-    raise click.ClickException(msg)
+    from .cli import Fatal  # here: cli imports this module at its end
+
+    raise Fatal(msg)
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -34,7 +34,7 @@ def _load_model(name: str, device: str | None):
 
     try:
         return load_model(name, device=device)
-    except MusicEmbedError as e:
+    except (MusicEmbedError, ValueError) as e:  # ValueError: an unusable --device
         _fail(str(e))
 
 

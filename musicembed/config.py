@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,76 @@ from typing import Any
 FORMAT_VERSION = 2
 NORMALIZE_MODES = ("none", "window")
 TIME_POOLS = ("max", "mean")
+MIN_MODEL_SAMPLE_RATE = 1000  # Hz
+MAX_MODEL_SAMPLE_RATE = 768_000  # Hz
+MAX_WINDOW_SECONDS = 3600.0  # a longer window would zero-pad every shorter file to its length
+
+# Per-field checks: value -> None when fine, else the reason. Each validate() below maps its
+# fields to checks; a field without one still gets the check of its annotated type.
+
+
+def _between(lo: float, hi: float):
+    def check(v) -> str | None:
+        return None if lo <= v <= hi else f"must be between {lo:g} and {hi:g}"
+    return check
+
+
+def _one_of(*allowed):
+    def check(v) -> str | None:
+        return None if v in allowed else f"must be one of {', '.join(map(repr, allowed))}"
+    return check
+
+
+def _type_problem(value: Any, hint: Any) -> str | None:
+    """Whether ``value`` is of the annotated type (int, float, bool, str, ``X | None``, list[...])."""
+    import types
+    import typing
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        rest = [a for a in args if a is not type(None)]
+        return _type_problem(value, rest[0]) if len(rest) == 1 else None
+    if origin is list:
+        if not isinstance(value, list) or not value:
+            return "must be a non-empty list"
+        return next((f"item {i}: {p}" for i, x in enumerate(value) if (p := _type_problem(x, args[0]))), None)
+    if hint is bool:
+        return None if isinstance(value, bool) else "must be true or false"
+    if hint is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else "must be an integer"
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return "must be a number"
+        return None if math.isfinite(value) else "must be a finite number"
+    if hint is str:
+        return None if isinstance(value, str) else "must be a string"
+    return None  # nested configs check themselves
+
+
+def _validate(obj: Any, where: str, prefix: str, checks: dict[str, Any]) -> None:
+    """Raise ValueError ``WHERE: PREFIX.FIELD = VALUE: REASON`` for the first field that fails."""
+    import typing
+
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        problem = _type_problem(value, hints[f.name])
+        if problem is None and f.name in checks and value is not None:
+            problem = checks[f.name](value)
+        if problem:
+            raise ValueError(_at(where, f"{prefix}{f.name} = {_short(value)}: {problem}"))
+
+
+def _at(where: str, text: str) -> str:
+    """An error message, prefixed with where it comes from (a file) when known."""
+    return f"{where}: {text}" if where else text
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (int, float, str, list, type(None))) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 @dataclass
@@ -48,6 +119,27 @@ class FrontendConfig:
         if self.normalize not in NORMALIZE_MODES:
             raise ValueError(f"frontend.normalize must be one of {NORMALIZE_MODES}, got {self.normalize!r}")
 
+    def validate(self, where: str = "") -> None:
+        """Raise ValueError naming the field (and ``where``, e.g. the file) for an unusable value."""
+        nyquist = (self.filterbank_sample_rate or self.sample_rate) / 2 if isinstance(
+            self.filterbank_sample_rate or self.sample_rate, int) else math.inf
+        _validate(self, where, "frontend.", {
+            "sample_rate": _between(MIN_MODEL_SAMPLE_RATE, MAX_MODEL_SAMPLE_RATE),
+            "n_fft": _between(2, 1 << 16),
+            "hop_length": _between(1, 1 << 16),
+            "n_mels": _between(1, 1024),
+            "f_min": _between(0, nyquist),
+            "f_max": _between(0, nyquist),
+            "mel_scale": _one_of("htk", "slaney"),
+            "mel_norm": _one_of(None, "slaney"),
+            "filterbank_sample_rate": _between(MIN_MODEL_SAMPLE_RATE, MAX_MODEL_SAMPLE_RATE),
+            "amin": _between(1e-30, 1.0),
+            "top_db": _between(1e-3, 1e4),
+            "normalize": _one_of(*NORMALIZE_MODES),
+        })
+        if self.f_max is not None and self.f_max <= self.f_min:
+            raise ValueError(_at(where, f"frontend.f_max = {self.f_max:g}: must be above f_min ({self.f_min:g})"))
+
 
 @dataclass
 class EncoderConfig:
@@ -72,6 +164,17 @@ class EncoderConfig:
         if self.time_pool not in TIME_POOLS:
             raise ValueError(f"encoder.time_pool must be one of {TIME_POOLS}, got {self.time_pool!r}")
 
+    def validate(self, where: str = "") -> None:
+        """Raise ValueError naming the field (and ``where``, e.g. the file) for an unusable value."""
+        _validate(self, where, "encoder.", {
+            "channels": lambda v: None if len(v) <= 32 and all(1 <= c <= 4096 for c in v)
+            else "must be 1 to 32 blocks of 1 to 4096 channels",
+            "pools": lambda v: None if len(v) == len(self.channels) and all(len(q) == 2 and all(1 <= k <= 64 for k in q)
+                                                                          for q in v)
+            else "must be one [frequency, time] pair of sizes 1..64 per block of channels",
+            "time_pool": _one_of(*TIME_POOLS),
+        })
+
 
 @dataclass
 class MartConfig:
@@ -93,6 +196,22 @@ class MartConfig:
     dropout: float = 0.1
     lambda_whole: float = 1.0  # lambda^n in eq. (1): weight of the parts' message to a whole
     lambda_part: float = 1.0  # lambda^(n+1) in eq. (2): weight of the whole's message to a part
+
+    def validate(self, where: str = "") -> None:
+        """Raise ValueError naming the field (and ``where``, e.g. the file) for an unusable value."""
+        _validate(self, where, "mart.", {
+            "levels": _between(1, 12),
+            "parts": lambda v: None if 1 <= v and v ** max(self.levels - 1, 0) <= 4096
+            else "must be at least 1, with parts ** (levels - 1) at most 4096 clips",
+            "frames": _between(1, 1 << 16),
+            "pwt_layers": _between(0, 64),
+            "heads": _between(1, 64),
+            "head_dim": _between(1, 4096),
+            "ff_dim": _between(1, 1 << 16),
+            "dropout": _between(0, 0.99),
+            "lambda_whole": _between(-1e3, 1e3),
+            "lambda_part": _between(-1e3, 1e3),
+        })
 
 
 @dataclass(frozen=True)
@@ -127,6 +246,24 @@ class ModelConfig:
             self.mart = MartConfig()
         if len(self.encoder.channels) != len(self.encoder.pools):
             raise ValueError("encoder.channels and encoder.pools must have the same length")
+
+    def validate(self, where: str = "") -> None:
+        """Check every field of this config and its sections; raise ValueError naming the field and ``where``."""
+        for section, cls in (("frontend", FrontendConfig), ("encoder", EncoderConfig), ("mart", MartConfig)):
+            value = getattr(self, section)
+            if not isinstance(value, cls) and not (section == "mart" and value is None):
+                raise ValueError(_at(where, f"{section} must be an object of {cls.__name__} settings"))
+            if value is not None:
+                value.validate(where)
+        rate = self.frontend.sample_rate
+        _validate(self, where, "", {
+            "method": _one_of("pemr", "mart"),
+            "window_samples": _between(1, MAX_WINDOW_SECONDS * rate),
+        })
+        try:
+            self.embedding_dim
+        except ValueError as e:
+            raise ValueError(_at(where, f"encoder.pools: {e} ({self.frontend.n_mels} mel bands)")) from None
 
     @property
     def sample_rate(self) -> int:
@@ -168,9 +305,12 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, d: dict[str, Any], where: str = "") -> "ModelConfig":
+        """Build and :meth:`validate` a config; errors name ``where`` (e.g. the file) and the field."""
         d = dict(d)
         version = d.get("format_version", FORMAT_VERSION)
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise ValueError(_at(where, f"format_version = {_short(version)}: must be an integer"))
         if version > FORMAT_VERSION:
             raise ValueError(
                 f"config format {version} is newer than this musicembed understands "
@@ -180,11 +320,14 @@ class ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown config keys: {sorted(unknown)}")
-        frontend = FrontendConfig(**d.pop("frontend", {}))
-        encoder = EncoderConfig(**d.pop("encoder", {}))
+            raise ValueError(_at(where, f"unknown config keys: {sorted(unknown)}"))
+        frontend = _section(FrontendConfig, d.pop("frontend", {}), "frontend", where)
+        encoder = _section(EncoderConfig, d.pop("encoder", {}), "encoder", where)
         mart = d.pop("mart", None)
-        return cls(frontend=frontend, encoder=encoder, mart=MartConfig(**mart) if mart else None, **d)
+        mart = _section(MartConfig, mart, "mart", where) if mart else None
+        cfg = cls(frontend=frontend, encoder=encoder, mart=mart, **d)
+        cfg.validate(where)
+        return cfg
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
@@ -192,6 +335,19 @@ class ModelConfig:
     @classmethod
     def load(cls, path: str | Path) -> "ModelConfig":
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def _section(cls: type, d: Any, name: str, where: str) -> Any:
+    """A validated config section from its JSON object (a wrong shape or unknown keys are errors too)."""
+    if not isinstance(d, dict):
+        raise ValueError(_at(where, f"{name} must be an object of settings, got {type(d).__name__}"))
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(_at(where, f"unknown {name} keys: {unknown}"))
+    section = cls(**d)
+    section.validate(where)
+    return section
 
 
 def pemr_config(**overrides: Any) -> ModelConfig:

@@ -92,13 +92,22 @@ class _RestrictedPickle:
 def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The tensors of a PyTorch/Lightning checkpoint, read without running pickled code."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_RestrictedPickle)
+        with open(path, "rb") as f:
+            magic = f.read(4)
     except FileNotFoundError:
         raise WeightsError(f"{path}: no such checkpoint file") from None
-    except Exception as e:
-        raise WeightsError(f"{path}: not a readable PyTorch checkpoint: {e}") from None
+    except OSError as e:
+        raise WeightsError(f"{path}: cannot read: {e.strerror or e}") from None
+    if magic != b"PK\x03\x04" and not magic.startswith(b"\x80"):  # torch's zip format, or a legacy pickle
+        raise WeightsError(f"{path}: not a PyTorch checkpoint (neither torch's zip format nor a pickle)")
+    try:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_RestrictedPickle)
+    except Exception as e:  # a damaged or foreign file: whatever torch or the unpickler raise (MemoryError too)
+        raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: "
+                           f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict):
         raise WeightsError(f"{path}: no state_dict found in the checkpoint")

@@ -8,9 +8,11 @@ different files share batches.
 
 from __future__ import annotations
 
+import numbers
 import os
 import queue
 import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -19,8 +21,8 @@ import torch
 from torch import nn
 
 from . import hub
-from .audio import AudioInput, stream_many
-from .config import ModelConfig
+from .audio import AudioInput, StreamEnd, _name_of, stream_many
+from .config import MAX_WINDOW_SECONDS, ModelConfig
 from .errors import AudioError, MusicEmbedError
 from .inference import Prepared, prepare
 from .models import build_model
@@ -33,7 +35,6 @@ DEFAULT_CPU_BATCH = 4
 DEFAULT_CPU_BATCH_BY_METHOD = {"pemr": 4, "mart": 8}
 DEFAULT_GPU_BATCH = 64
 _QUEUE_BLOCKS = 4
-MAX_WINDOW_SECONDS = 3600.0  # a longer window would zero-pad every shorter file to its length
 
 
 @dataclass
@@ -52,7 +53,10 @@ class Embedding:
 
     ``clip`` (D,) is the clip-level vector (mean over windows); ``vectors`` (W, D) are the
     per-window vectors with ``starts``/``ends`` in seconds; ``levels`` holds MART's per-level
-    vectors when ``hierarchical=True`` (level 0 = the windows themselves).
+    vectors when ``hierarchical=True`` (level 0 = the windows themselves). ``duration`` is the
+    audio that decoded (seconds), ``declared_duration`` the length the file's header declares
+    (None when unknown, and for arrays); ``warning`` says why a file decoded short
+    (truncated or damaged: see :mod:`musicembed.audio`), else None.
     """
 
     source: str
@@ -62,6 +66,13 @@ class Embedding:
     ends: np.ndarray
     duration: float
     levels: list[LevelEmbedding] | None = None
+    declared_duration: float | None = None
+    warning: str | None = None
+
+
+class TruncatedAudioWarning(UserWarning):
+    """A file decoded short of its declared length or stopped at a decoding error; what decoded
+    was embedded (``Embedding.warning`` says how much)."""
 
 
 class EmbedError(MusicEmbedError):
@@ -90,15 +101,12 @@ class _Track:
     vectors: list[np.ndarray] = field(default_factory=list)
     starts: list[int] = field(default_factory=list)
     levels: list[list[np.ndarray]] | None = None
+    end: StreamEnd = field(default_factory=StreamEnd)
 
 
 _END = object()
 
 
-def _source_name(x: AudioInput) -> str:
-    if isinstance(x, (np.ndarray, torch.Tensor)):
-        return "<array>"
-    return os.fspath(x)
 
 
 class Model:
@@ -204,6 +212,9 @@ class Model:
         if hierarchical and self.config.method != "mart":
             raise ValueError(f"hierarchical=True needs a MART model; {self.name!r} is {self.config.method}")
         single = isinstance(audio, (str, os.PathLike, np.ndarray, torch.Tensor))
+        if not single and not isinstance(audio, Sequence):
+            raise TypeError(f"audio must be a path, a numpy array, a torch tensor or a list of these, "
+                            f"got {type(audio).__name__}")
         inputs = [audio] if single else list(audio)
         if device is not None:
             self.to(device)
@@ -215,6 +226,8 @@ class Model:
                 errors[i] = res
             else:
                 results[i] = res
+                if res.warning:
+                    warnings.warn(f"{res.source}: {res.warning}", TruncatedAudioWarning, stacklevel=2)
         if single and errors:
             raise errors[0]
         if errors:
@@ -228,8 +241,8 @@ class Model:
         return np.stack([r.clip for r in results])  # type: ignore[union-attr]
 
     def to(self, device: str | torch.device) -> "Model":
-        """Move the model to ``device`` ('cpu', 'cuda', 'cuda:1', ...)."""
-        self.device = torch.device(device)
+        """Move the model to ``device`` ('cpu', 'cuda', 'cuda:1', ...); ValueError if it is not usable here."""
+        self.device = _check_device(device)
         self.net.to(self.device)
         self._prepared = None  # rebuilt on the new device at the next batch
         return self
@@ -248,18 +261,20 @@ class Model:
         """Yield (index, Embedding or AudioError) for each input, in input order, as each finishes."""
         sr = self.sample_rate
         for what, v in (("window_seconds", window_seconds), ("hop_seconds", hop_seconds)):
-            if v is not None and not 0 < v <= MAX_WINDOW_SECONDS:  # NaN fails too
+            if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Real)
+                                  or not 0 < v <= MAX_WINDOW_SECONDS):  # NaN fails too
                 raise ValueError(f"{what} must be between 0 and {MAX_WINDOW_SECONDS:g} s, got {v}")
         window = int(round((window_seconds or self.config.window_seconds) * sr))
         hop = int(round(hop_seconds * sr)) if hop_seconds else window
-        if window < 1 or hop < 1:
-            raise ValueError("window_seconds and hop_seconds must be positive")
-        if self.config.method == "mart" and window // self.config.mart.parts ** (self.config.mart.levels - 1) < self.config.mart.frames:
-            raise ValueError(f"window of {window / sr:g} s is too short for this MART model's hierarchy")
         if window != self.config.window_samples:
             self._check_window(window)
-        bs = batch_size or (DEFAULT_GPU_BATCH if self.device.type == "cuda"
-                            else DEFAULT_CPU_BATCH_BY_METHOD.get(self.config.method, DEFAULT_CPU_BATCH))
+        if hop < self._frame_samples(window):
+            raise ValueError(f"hop_seconds={hop_seconds:g} is shorter than one frame of this model "
+                             f"({self._frame_samples(window) / sr:g} s at this window): windows that close "
+                             "would repeat each other; use at least one frame")
+        bs = _check_batch_size(batch_size) or (DEFAULT_GPU_BATCH if self.device.type == "cuda"
+                                               else DEFAULT_CPU_BATCH_BY_METHOD.get(self.config.method,
+                                                                                    DEFAULT_CPU_BATCH))
         q: queue.Queue = queue.Queue(maxsize=_QUEUE_BLOCKS)
         stop = threading.Event()
         producer = threading.Thread(target=_produce, args=(inputs, sr, sample_rate, q, stop), daemon=True)
@@ -274,18 +289,20 @@ class Model:
         try:
             done = False
             while not done:
-                item = q.get()
+                item = _get(q, producer)
+                if isinstance(item, _ProducerFailed):
+                    raise item.error
                 if item is _END:
                     done = True
                 else:
                     idx, payload = item
-                    track = tracks.setdefault(idx, _Track(_source_name(inputs[idx])))
+                    track = tracks.setdefault(idx, _Track(_name_of(inputs[idx])))
                     if isinstance(payload, AudioError):
                         ready[idx] = payload
                         batch = [b for b in batch if b[0] != idx]
                         tracks.pop(idx)
-                    elif payload is None:
-                        track.finished = True
+                    elif isinstance(payload, StreamEnd):
+                        track.finished, track.end = True, payload
                         batch += _cut_windows(idx, track, window, hop, final=True)
                     else:
                         track.pending = np.concatenate([track.pending, payload]) if track.pending.size else payload
@@ -317,15 +334,46 @@ class Model:
             if bar is not None:
                 bar.close()
 
+    def _frame_samples(self, window: int) -> int:
+        """Samples between two frames of the finest log-mel the model computes for ``window``:
+        the smallest useful hop between windows. MART scales its hop with the clip length."""
+        if self.config.method == "mart":
+            return self.config.mart_levels(window)[-1].hop
+        return self.config.frontend.hop_length
+
     @torch.inference_mode()
-    def _check_window(self, window: int) -> None:
-        """A window other than the trained one must still fit the frontend and encoder: one dry run."""
+    def _fits(self, window: int) -> bool:
+        """Whether a window of ``window`` samples fits the frontend and encoder: one dry run."""
         try:
             with self._lock:
                 self.net(torch.zeros(1, window, device=self.device))
-        except RuntimeError as e:
-            raise ValueError(f"a window of {window / self.sample_rate:g} s does not fit this model: "
-                             f"{str(e).splitlines()[0][:200]}") from None
+        except (RuntimeError, ValueError):  # too few frames for the pools, reflect padding, MART hops
+            return False
+        return True
+
+    def _window_problem(self, window: int) -> str | None:
+        """None when a window of ``window`` samples fits the model, else what is wrong with it,
+        naming the smallest window that fits (found by dry runs: fitting grows with length)."""
+        if window >= 1 and self._fits(window):
+            return None
+        hi, limit = self.config.window_samples, 64 * self.config.window_samples
+        while not self._fits(hi):  # the trained window fits, unless the config is broken
+            if hi >= limit:
+                return f"does not fit this model (nor does any window up to {limit} samples)"
+            hi = min(2 * hi, limit)
+        lo = 0
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if self._fits(mid) else (mid, hi)
+        if window < hi:
+            return f"too short for this model: its encoder needs at least {hi / self.sample_rate:.4g} s ({hi} samples)"
+        return "does not fit this model"
+
+    def _check_window(self, window: int) -> None:
+        """A window other than the trained one must still fit the frontend and encoder."""
+        problem = self._window_problem(window)
+        if problem:
+            raise ValueError(f"a window of {window / self.sample_rate:g} s is {problem}")
 
     @torch.inference_mode()
     def _run(self, batch: list[tuple[int, int, np.ndarray]], tracks: dict[int, _Track], hierarchical: bool,
@@ -381,7 +429,8 @@ class Model:
                     ends=abs_spans[..., 1].reshape(-1) / sr,
                 ))
         return Embedding(source=t.source, clip=vectors.mean(axis=0).astype(np.float32), vectors=vectors,
-                         starts=starts / sr, ends=ends / sr, duration=t.total / sr, levels=levels)
+                         starts=starts / sr, ends=ends / sr, duration=t.total / sr, levels=levels,
+                         declared_duration=t.end.declared_seconds, warning=t.end.warning)
 
 
 # While embedding on CPU, the model's intra-op threads leave the decoding threads their cores:
@@ -448,7 +497,9 @@ def _cut_windows(idx: int, t: _Track, window: int, hop: int, final: bool) -> lis
     out = []
     while t.next_start + window <= t.offset + len(t.pending):
         s = t.next_start - t.offset
-        out.append((idx, t.next_start, t.pending[s : s + window].copy()))
+        # A view, not a copy: with a small hop a 30-s block holds thousands of overlapping windows,
+        # and copies of them all would cost (block / hop) x window samples.
+        out.append((idx, t.next_start, t.pending[s : s + window]))
         t.next_start += hop
     if final:
         covered = t.next_start - hop + window if t.windows + len(out) else 0
@@ -472,19 +523,62 @@ def _cut_windows(idx: int, t: _Track, window: int, hop: int, final: bool) -> lis
     return out
 
 
+class _ProducerFailed:
+    """Put by the decode thread instead of _END when it fails: the consumer raises ``error``."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def _put(q: queue.Queue, item: object, stop: threading.Event) -> bool:
+    """Put ``item`` unless the consumer has stopped (then a full queue would block forever)."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
 def _produce(inputs: Sequence[AudioInput], sr: int, source_rate: int | None, q: queue.Queue,
              stop: threading.Event) -> None:
     """Decode inputs in order (a pool of threads reads ahead, see :func:`stream_many`), putting
-    (index, block), (index, None) at the end of an input, or (index, AudioError); then _END."""
-    gen = stream_many(inputs, sr, source_rate=source_rate)
+    (index, block), (index, StreamEnd) at the end of an input, or (index, AudioError); then _END.
+    Whatever ends this thread, the last item is _END or a :class:`_ProducerFailed`, so the
+    consumer never waits for an item that will not come."""
     try:
-        for item in gen:
-            if stop.is_set():
-                return
-            q.put(item)
-        q.put(_END)
-    finally:
-        gen.close()
+        gen = stream_many(inputs, sr, source_rate=source_rate)
+        try:
+            for item in gen:
+                if not _put(q, item, stop):
+                    return
+        finally:
+            gen.close()
+    except BaseException as e:  # noqa: BLE001 - handed to the consumer, which raises it
+        _put(q, _ProducerFailed(e), stop)
+        return
+    _put(q, _END, stop)
+
+
+def _get(q: queue.Queue, producer: threading.Thread) -> object:
+    """The next item from the decode thread; should that thread be gone without its last
+    item (it cannot be, see :func:`_produce`), an error rather than a wait forever."""
+    while True:
+        try:
+            return q.get(timeout=0.5)
+        except queue.Empty:
+            if not producer.is_alive() and q.empty():
+                return _ProducerFailed(RuntimeError("the decoding thread ended without finishing its inputs"))
+
+
+def _check_batch_size(batch_size: object) -> int | None:
+    """``batch_size`` as given (None: the default), refused unless a positive int."""
+    if batch_size is None:
+        return None
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer (windows per forward pass), got {batch_size!r}")
+    return int(batch_size)
 
 
 def _progress_bar(total: int, progress: bool | None):
@@ -531,4 +625,28 @@ def load_model(name: str | os.PathLike = "pemr", device: str | torch.device | No
         raise hub.WeightsError(
             f"{resolved.source}: weights do not match the config's architecture: {' '.join(detail[:3])[:300]}"
         ) from None
-    return Model(net, resolved.config, device=device, source=resolved.source, fast=fast)
+    model = Model(net, resolved.config, device=_check_device(device), source=resolved.source, fast=fast)
+    problem = model._window_problem(resolved.config.window_samples)  # the model's own window must fit
+    if problem:
+        raise hub.WeightsError(f"{resolved.source}: config.json: window_samples = "
+                               f"{resolved.config.window_samples}: {problem}")
+    return model
+
+
+def _check_device(device: str | torch.device | None) -> torch.device | None:
+    """``device`` as a torch.device, refused with one clear line when it is not usable here."""
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"unknown device {device!r}: use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: CUDA is not available on this machine (use cpu)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ValueError(f"device {device!r}: MPS is not available on this machine (use cpu)")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {device!r}: embedding runs on cpu, cuda or mps, not {dev.type}")
+    return dev

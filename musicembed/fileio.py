@@ -19,6 +19,35 @@ def _fsync(path: str | os.PathLike, directory: bool = False) -> None:
         os.close(fd)
 
 
+_TMP_SUFFIX = ".part"
+
+
+def _tmp_prefix(path: Path) -> str:
+    return f".{path.name}."
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files :func:`atomic_write` left beside ``path`` when killed before its
+    rename (``.NAME.XXXXXXXX.part``); returns them. Call it only while no other process writes
+    ``path`` (``musicembed embed --out`` holds the lock of ``OUT.partial``)."""
+    path = Path(path)
+    prefix = _tmp_prefix(path)
+    removed = []
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return []
+    for name in names:
+        middle = name[len(prefix):-len(_TMP_SUFFIX)]
+        if name.startswith(prefix) and name.endswith(_TMP_SUFFIX) and len(middle) == 8 and "." not in middle:
+            try:
+                os.unlink(path.parent / name)
+                removed.append(path.parent / name)
+            except OSError:
+                pass
+    return removed
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it onto ``path``.
 
@@ -28,7 +57,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=_TMP_SUFFIX, dir=path.parent)
     os.close(fd)
     try:
         write(tmp)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from dataclasses import dataclass
 from importlib import resources
@@ -132,9 +133,25 @@ def _verify(path: Path, expected: str | None, source: str) -> None:
         )
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config.json is a few kB
+
+
+def _read_small_file(path: Path, limit: int) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes; OSError or ValueError otherwise.
+    Opened without blocking, so a FIFO in its place is refused instead of waited on."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError("not a regular file")
+        if st.st_size > limit:
+            raise ValueError(f"{st.st_size} bytes, more than any config ({limit} bytes)")
+        return f.read(limit + 1)
+
+
 def _read_config(path: Path, source: str) -> tuple[ModelConfig, dict[str, Any]]:
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(_read_small_file(path, MAX_CONFIG_BYTES))
         if not isinstance(raw, dict):
             raise ValueError("not a JSON object")
         files = raw.pop("files", {})
@@ -143,7 +160,11 @@ def _read_config(path: Path, source: str) -> tuple[ModelConfig, dict[str, Any]]:
         return ModelConfig.from_dict(raw), files
     except FileNotFoundError:
         raise WeightsError(f"{source}: {CONFIG_NAME} not found in {path.parent}") from None
-    except (ValueError, TypeError) as e:
+    except OSError as e:  # a folder, a symlink loop, no permission
+        raise WeightsError(f"{source}: cannot read {path}: {e.strerror or e}") from None
+    except RecursionError:
+        raise WeightsError(f"{source}: invalid {CONFIG_NAME}: JSON nested too deeply") from None
+    except (ValueError, TypeError) as e:  # ValueError: names the field and the reason
         raise WeightsError(f"{source}: invalid {CONFIG_NAME}: {e}") from None
 
 
@@ -159,20 +180,59 @@ def _resolve_dir(folder: Path, source: str, expected: dict[str, str] | None = No
     return Resolved(config=config, weights=weights, source=source)
 
 
+class HubUnreachableError(WeightsError):
+    """A file is needed from the Hub, which cannot be reached. ``problem`` and ``remedy`` are the
+    two halves of the message."""
+
+    def __init__(self, problem: str, remedy: str) -> None:
+        super().__init__(f"{problem}: {remedy}")
+        self.problem, self.remedy = problem, remedy
+
+
+_unreachable: dict[str, str | None] = {}  # Hub host -> why it cannot be reached (None: it can), per process
+
+
+def hub_unreachable() -> str | None:
+    """Why the Hub cannot be reached (HF_HUB_OFFLINE, no name resolution, no connection), or
+    None. One quick probe (5 s at most) per process, instead of the Hub client's retries."""
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    url = urlparse(constants.ENDPOINT)
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    if host not in _unreachable:
+        import socket
+
+        try:
+            socket.create_connection((host, port), timeout=5).close()
+            _unreachable[host] = None
+        except OSError as e:
+            _unreachable[host] = f"{host} cannot be reached: {e.strerror or e}"
+    return _unreachable[host]
+
+
 def _hub_download(repo_id: str, filename: str, revision: str | None, source: str, force: bool = False) -> Path:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
+    offline = hub_unreachable()
+    if offline and force:
+        raise WeightsError(f"{source}: --force downloads again, but the Hub cannot be reached ({offline})")
     try:
-        return Path(hf_hub_download(repo_id, filename, revision=revision, force_download=force))
+        return Path(hf_hub_download(repo_id, filename, revision=revision, force_download=force,
+                                    local_files_only=offline is not None))
     except LocalEntryNotFoundError:
-        raise WeightsError(
+        raise HubUnreachableError(
             f"{source}: {filename} is not in the local Hugging Face cache and the Hub cannot be reached "
-            "(offline or HF_HUB_OFFLINE=1). Download it once with network access: "
-            f"`musicembed download {source}`."
-        ) from None
+            f"({offline or 'offline'})",
+            f"run `musicembed download {source}` where the Hub can be reached, or copy the model folder "
+            "(config.json + model.safetensors) here and load it by its path") from None
     except Exception as e:  # network, auth, missing repo or revision: all reported the same way
-        raise WeightsError(f"{source}: could not fetch {filename} from the Hub repo {repo_id!r}: {e}") from None
+        raise WeightsError(f"{source}: could not fetch {filename} from the Hub repo {repo_id!r}: "
+                           f"{str(e).splitlines()[0][:300] if str(e) else type(e).__name__}") from None
 
 
 def _resolve_hub(repo_id: str, revision: str | None, source: str, expected: dict[str, str] | None = None,
@@ -197,16 +257,36 @@ def parse_hub_ref(ref: str) -> tuple[str, str | None]:
     return repo_id, revision or None
 
 
+def is_path_reference(ref: str | os.PathLike) -> bool:
+    """Whether a model reference names a folder by its form alone: a ``PathLike``, or text
+    holding a path separator or starting with ``.`` (``./pemr``, ``runs/m``, ``/abs/m``)."""
+    if isinstance(ref, os.PathLike):
+        return True
+    return os.sep in ref or bool(os.altsep and os.altsep in ref) or ref.startswith(".")
+
+
 def resolve(ref: str | os.PathLike, force_download: bool = False) -> Resolved:
-    """Turn a model reference into verified local files (downloading only when allowed)."""
+    """Turn a model reference into verified local files (downloading only when allowed).
+
+    The rule: ``hf-hub:...`` is a Hub repository; a path reference (see
+    :func:`is_path_reference`) is a folder; a bare name is a manifest name when the manifest
+    has it (a folder of that name in the current directory is then ignored, with a warning
+    that says how to load it: ``./NAME``), else a folder of that name, else unknown.
+    """
     text = os.fspath(ref)
-    if text.startswith(HUB_PREFIX):
+    if text.startswith(HUB_PREFIX) and not isinstance(ref, os.PathLike):
         repo_id, revision = parse_hub_ref(text)
         return _resolve_hub(repo_id, revision, text, force=force_download)
-    if os.path.isdir(text):
-        return _resolve_dir(Path(text), text)
-    if os.sep in text or text.startswith("."):
-        raise WeightsError(f"{text}: no such model directory")
+    if is_path_reference(ref) or text not in read_manifest()["models"]:
+        if os.path.isdir(text):
+            return _resolve_dir(Path(text), text)
+        if is_path_reference(ref):
+            raise WeightsError(f"{text}: no such model directory")
+    elif os.path.isdir(text):
+        import warnings
+
+        warnings.warn(f"model {text!r}: using the manifest model; the folder {text!r} in the current directory "
+                      f"is not used (load it as {os.path.join('.', text)!r})", stacklevel=3)
     entry = model_entry(text)
     expected = {_safe_relpath(f["name"], text): f["sha256"] for f in entry["files"]}
     folder = bundled_dir(entry)

@@ -1,13 +1,15 @@
 """Writing embedding results to .npz / .npy / .jsonl, atomically (temporary file, then rename).
 
 Layouts (N files, D dims):
-- ``.npz``: ``paths`` (N,) str, ``embeddings`` (N, D) float32, ``durations`` (N,) seconds,
-  ``model`` str; with windows also ``window_vectors`` (W, D), ``window_starts``/``window_ends``
+- ``.npz``: ``paths`` (N,) str, ``embeddings`` (N, D) float32, ``durations`` (N,) seconds
+  decoded, ``declared_durations`` (N,) seconds the headers declare (NaN: unknown), ``model`` str; with windows also ``window_vectors`` (W, D), ``window_starts``/``window_ends``
   (W,) seconds and ``window_offsets`` (N+1,) so file i owns rows offsets[i]:offsets[i+1];
   with MART levels, the same four arrays per level as ``level{n}_vectors`` etc.
-- ``.npy``: the (N, D) matrix only; the paths go to ``<name>.paths.txt`` beside it.
-- ``.jsonl``: one JSON object per file: path, duration, embedding, and optionally windows /
-  levels ([{"start", "end", "embedding"}]).
+- ``.npy``: one structured array (N,) with fields ``path`` (str), ``duration``,
+  ``declared_duration`` (seconds, NaN: unknown) and ``embedding`` (D,) float32, so each row carries its own path (``np.load(f)["embedding"]``
+  is the (N, D) matrix); clip vectors only: windows and levels need ``.npz`` or ``.jsonl``.
+- ``.jsonl``: one JSON object per file: path, duration, declared_duration (null: unknown),
+  embedding, and optionally windows / levels ([{"start", "end", "embedding"}]).
 """
 
 from __future__ import annotations
@@ -44,6 +46,33 @@ def _segment_arrays(prefix: str, items: list[tuple[np.ndarray, np.ndarray, np.nd
     }
 
 
+def _declared(results: list[Embedding]) -> np.ndarray:
+    return np.array([np.nan if r.declared_duration is None else r.declared_duration for r in results], np.float64)
+
+
+def check_options(path: str | os.PathLike, windows: bool = False, levels: bool = False) -> None:
+    """Raise ValueError when the format of ``path`` cannot hold what was asked for."""
+    ext = Path(path).suffix.lower()
+    if ext not in FORMATS:
+        raise ValueError(f"unsupported output format {ext!r}; use one of {', '.join(FORMATS)}")
+    if ext == ".npy" and (windows or levels):
+        what = "--timestamps" if windows else "--hierarchical"
+        raise ValueError(f"{Path(path).name}: .npy holds one clip vector per file, not the per-window data of "
+                         f"{what}: write .npz or .jsonl instead")
+
+
+def npy_rows(results: list[Embedding], dim: int) -> np.ndarray:
+    """The ``.npy`` layout: a structured (N,) array of (path, duration, embedding)."""
+    width = max([len(r.source) for r in results] + [1])
+    rows = np.zeros(len(results), dtype=[("path", f"U{width}"), ("duration", "f8"), ("declared_duration", "f8"),
+                                         ("embedding", "f4", (dim,))])
+    rows["path"] = [r.source for r in results]
+    rows["duration"] = [r.duration for r in results]
+    rows["declared_duration"] = _declared(results)
+    rows["embedding"] = _stack([r.clip[None] for r in results], dim)
+    return rows
+
+
 def write_results(path: str | os.PathLike, results: list[Embedding], dim: int, model_name: str,
                   windows: bool = False, levels: bool = False, extra: dict[str, np.ndarray] | None = None) -> None:
     """Write ``results`` in the format given by the file extension (see module docstring).
@@ -51,22 +80,19 @@ def write_results(path: str | os.PathLike, results: list[Embedding], dim: int, m
     ``extra``: more named arrays to store (``.npz`` only), e.g. the shard metadata of ``--shard``."""
     path = Path(path)
     ext = path.suffix.lower()
-    if ext not in FORMATS:
-        raise ValueError(f"unsupported output format {ext!r}; use one of {', '.join(FORMATS)}")
+    check_options(path, windows, levels)
     if extra and ext != ".npz":
         raise ValueError(f"extra arrays can only be stored in a .npz file, not {ext}")
     if ext == ".npy":
-        matrix = _stack([r.clip[None] for r in results], dim)
-        atomic_write(path, lambda tmp: _write_numpy(tmp, np.save, matrix))
-        sidecar = path.with_name(path.name[: -len(".npy")] + ".paths.txt")
-        atomic_write(sidecar, lambda tmp: Path(tmp).write_text("".join(r.source + "\n" for r in results),
-                                                           encoding="utf-8", errors="surrogateescape"))
+        rows = npy_rows(results, dim)
+        atomic_write(path, lambda tmp: _write_numpy(tmp, np.save, rows))
         return
     if ext == ".npz":
         arrays: dict[str, np.ndarray] = {
             "paths": np.array([r.source for r in results], dtype=str),
             "embeddings": _stack([r.clip[None] for r in results], dim),
             "durations": np.array([r.duration for r in results], dtype=np.float64),
+            "declared_durations": _declared(results),
             "model": np.array(model_name),
         }
         if windows:
@@ -89,7 +115,9 @@ def _segments(vectors: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> list
 
 def to_json(r: Embedding, windows: bool = False, levels: bool = False) -> dict:
     """One result as a JSON-ready dict (floats as lists)."""
-    doc: dict = {"path": r.source, "duration": round(r.duration, 4), "embedding": r.clip.tolist()}
+    declared = None if r.declared_duration is None else round(r.declared_duration, 4)
+    doc: dict = {"path": r.source, "duration": round(r.duration, 4), "declared_duration": declared,
+                 "embedding": r.clip.tolist()}
     if windows:
         doc["windows"] = _segments(r.vectors, r.starts, r.ends)
     if levels and r.levels:

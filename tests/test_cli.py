@@ -41,7 +41,8 @@ def test_embed_json_matches_api(runner, pemr_dir, audio_dir):
 @pytest.mark.parametrize("ext", ["npz", "npy", "jsonl"])
 def test_embed_folder_to_each_format(runner, pemr_dir, audio_dir, tmp_path, ext):
     out = tmp_path / f"catalog.{ext}"
-    r = runner.invoke(cli, ["embed", str(audio_dir), "-r", "-m", str(pemr_dir), "--out", str(out), "--timestamps"])
+    windows = [] if ext == "npy" else ["--timestamps"]  # .npy holds clip vectors only
+    r = runner.invoke(cli, ["embed", str(audio_dir), "-r", "-m", str(pemr_dir), "--out", str(out), *windows])
     assert r.exit_code == 0, r.output
     names = sorted(p.name for p in audio_dir.iterdir())
     if ext == "npz":
@@ -51,8 +52,9 @@ def test_embed_folder_to_each_format(runner, pemr_dir, audio_dir, tmp_path, ext)
         assert off[-1] == len(d["window_vectors"]) == len(d["window_starts"])
         assert str(d["model"]) == "tiny-pemr"
     elif ext == "npy":
-        assert np.load(out).shape == (5, 16)
-        assert [os.path.basename(p) for p in (tmp_path / "catalog.paths.txt").read_text().split("\n")[:-1]] == names
+        d = np.load(out)
+        assert d.shape == (5,) and d["embedding"].shape == (5, 16) and d["embedding"].dtype == np.float32
+        assert [os.path.basename(p) for p in d["path"]] == names and (d["duration"] > 0).all()
     else:
         rows = [json.loads(line) for line in out.read_text().splitlines()]
         assert [os.path.basename(r["path"]) for r in rows] == names and "windows" in rows[0]

@@ -112,8 +112,15 @@ def test_wrong_checkpoint_is_refused(tmp_path):
     with pytest.raises(WeightsError, match="not a PEMR checkpoint"):
         convert_pemr_official(p, tmp_path / "o")
     (tmp_path / "junk.ckpt").write_bytes(b"junk")
-    with pytest.raises(WeightsError, match="not a readable"):
+    with pytest.raises(WeightsError, match="not a PyTorch checkpoint"):
         convert_pemr_official(tmp_path / "junk.ckpt", tmp_path / "o")
+    rng = np.random.default_rng(0)
+    for name, head in (("pickle.ckpt", b"\x80\x02"), ("zip.ckpt", b"PK\x03\x04")):  # right magic, then garbage
+        (tmp_path / name).write_bytes(head + rng.bytes(5000))
+        with pytest.raises(WeightsError, match="not a readable PyTorch checkpoint"):
+            convert_pemr_official(tmp_path / name, tmp_path / "o")
+        r = CliRunner().invoke(cli, ["convert", "pemr-official", str(tmp_path / name), "--out", str(tmp_path / "o")])
+        assert r.exit_code == 2 and "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
 
 
 def test_convert_cli(authors, tmp_path):

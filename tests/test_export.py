@@ -129,3 +129,25 @@ def test_cli_export_fails_above_tolerance_and_writes_nothing(pemr_dir, tmp_path)
     r = CliRunner().invoke(cli, ["export", str(pemr_dir), "--out", str(out), "--tolerance", "0"])
     assert r.exit_code != 0 and "differs from PyTorch" in r.output
     assert not list(tmp_path.iterdir())
+
+
+@needs_onnx
+def test_pure_tone_difference_is_float32_rounding_not_an_export_error(tmp_path):
+    """On a pure tone most mel bands hold only the window's spectral leakage (power ~1e-10 of the
+    peak), where float32 rounding moves the log-mel by hundredths of a dB: the bundled PEMR's
+    ONNX vector then differs from PyTorch's by ~7e-3. It is not the export: PyTorch's own
+    float32 vector is as far from a float64 evaluation of the same model, and the ONNX one is no
+    farther. (Verification therefore uses tones over noise, see probe_inputs.)"""
+    import copy
+
+    model = load_model("pemr", device="cpu")
+    export(model, tmp_path / "p.onnx", "onnx")
+    t = np.arange(model.config.window_samples) / model.sample_rate
+    tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None]
+    got = run_exported(tmp_path / "p.onnx", "onnx", tone)[0]
+    with torch.inference_mode():
+        f32 = model.net(torch.from_numpy(tone)).numpy()
+        f64 = copy.deepcopy(model.net).double()(torch.from_numpy(tone).double()).numpy()
+    torch_err, onnx_err = np.abs(f32 - f64).max(), np.abs(got - f64).max()
+    assert onnx_err <= 1.5 * torch_err, (onnx_err, torch_err)
+    assert torch_err < 0.05 * np.abs(f64).max()  # rounding, relative to vectors of size ~4

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from musicembed import AudioError, load_model
@@ -102,7 +102,11 @@ def test_any_waveform_gives_a_finite_vector(pemr, w, torch_input):
         import torch
 
         x = torch.from_numpy(np.ascontiguousarray(x))
-    e = pemr.embed(x, sample_rate=sr, return_timestamps=True)
+    try:
+        e = pemr.embed(x, sample_rate=sr, return_timestamps=True)
+    except AudioError as err:  # a sample or two that resample to nothing: an error, not silence
+        assert "resample to no sample" in err.reason and frames * pemr.sample_rate / sr < 2, err
+        return
     _assert_embedding(pemr, e, frames, sr)
 
 
@@ -110,7 +114,11 @@ def test_any_waveform_gives_a_finite_vector(pemr, w, torch_input):
 @given(w=waveforms())
 def test_any_waveform_through_mart_levels(mart, w):
     x, sr, frames = w
-    e = mart.embed(x, sample_rate=sr, hierarchical=True)
+    try:
+        e = mart.embed(x, sample_rate=sr, hierarchical=True)
+    except AudioError as err:  # a sample or two that resample to nothing: an error, not silence
+        assert "resample to no sample" in err.reason and frames * mart.sample_rate / sr < 2, err
+        return
     _assert_embedding(mart, e, frames, sr)
     for lv in e.levels:
         assert lv.vectors.shape[1] == mart.embedding_dim and np.isfinite(lv.vectors).all()
@@ -152,6 +160,7 @@ def test_any_file_gives_a_finite_vector_or_names_the_problem(pemr, tmp_path_fact
 def test_threads_sharing_a_model_match_sequential_use(pemr, ws, hop):
     """Four threads each embedding their own inputs (different lengths, rates and options) at
     once give what one thread gives running them one after the other."""
+    assume(all(frames * pemr.sample_rate / sr >= 2 for _, sr, frames in ws))  # fewer resample to nothing
     jobs = [([x], sr) for x, sr, _ in ws]
     sequential = [pemr.embed(xs, sample_rate=sr, hop_seconds=hop) for xs, sr in jobs]
     out: list = [None] * len(jobs)
