@@ -1,7 +1,7 @@
 """Bundle an exported model folder into the package as a weights_manifest.json entry.
 
     python scripts/bundle_weights.py EXPORT_DIR NAME --description "..." --training-data "..." \
-        --license "..." --repo-id musicembed/NAME [--card docs/models/NAME.md]
+        --license "..." --repo-id musicembed/NAME --version 1.0 [--card docs/models/NAME.md]
 
 Copies config.json + model.safetensors to musicembed/weights/NAME/ and writes the entry:
 files with sha256 and size, method, embedding size, sample rate, window, the architecture
@@ -32,6 +32,7 @@ def main() -> None:
     ap.add_argument("--training-data", required=True)
     ap.add_argument("--license", required=True)
     ap.add_argument("--repo-id", required=True)
+    ap.add_argument("--version", required=True, help="model version, written to config.json and the entry")
     ap.add_argument("--card", help="model card path, relative to the repository")
     ap.add_argument("--half", action="store_true",
                     help="store float tensors as float16 (half the size; loaded back into float32)")
@@ -42,6 +43,8 @@ def main() -> None:
     for f in (CONFIG_NAME, WEIGHTS_NAME):
         shutil.copyfile(args.export_dir / f, dest / f)
     raw = json.loads((dest / CONFIG_NAME).read_text())
+    raw["version"] = args.version
+    (dest / CONFIG_NAME).write_text(json.dumps(raw, indent=2) + "\n")
     if args.half:
         state = {k: v.half() if v.is_floating_point() else v for k, v in load_file(dest / WEIGHTS_NAME).items()}
         save_file(state, dest / WEIGHTS_NAME, metadata={"format": "pt"})
@@ -52,6 +55,7 @@ def main() -> None:
     cfg = ModelConfig.from_dict(raw)
     entry = {
         "description": args.description,
+        "version": args.version,
         "method": cfg.method,
         "embedding_dim": cfg.embedding_dim,
         "sample_rate": cfg.sample_rate,
