@@ -38,7 +38,7 @@ def _common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="Steps between checkpoints (one is also written at the end and on SIGINT/SIGTERM)."),
         click.option("--keep-checkpoints", default=3, show_default=True, type=click.IntRange(min=1)),
         click.option("--config", "configs", multiple=True,
-                     help="Preset (paper, tiny), JSON file or inline JSON of model config overrides, with "
+                     help="Preset (default, tiny), JSON file or inline JSON of model config overrides, with "
                           "optional 'objective' and 'augment' sections; repeatable, applied in order."),
         click.option("--device", default="auto", show_default=True,
                      help="auto (cuda:LOCAL_RANK if available, else cpu), cpu, cuda, cuda:N."),

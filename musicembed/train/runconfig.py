@@ -1,7 +1,7 @@
 """A training run's configuration (saved as ``RUN_DIR/run.json``) and model-size presets.
 
-``--config`` values are applied in order: a preset name (``paper``, ``tiny``), a path to a
-JSON file or an inline JSON object. An object's keys are :class:`~musicembed.config.ModelConfig`
+``--config`` values are applied in order: a preset name (``default``: the presets of
+:mod:`musicembed.config`; ``tiny``), a path to a JSON file or an inline JSON object. An object's keys are :class:`~musicembed.config.ModelConfig`
 fields (nested dicts merge into nested configs), plus optional ``objective`` and ``augment``
 sections for the loss and augmentation options.
 """
@@ -87,7 +87,7 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def _read_override(text: str, method: str) -> dict[str, Any]:
-    if text == "paper":
+    if text == "default":
         return {}
     if text == "tiny":
         return TINY[method]
@@ -97,7 +97,7 @@ def _read_override(text: str, method: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"--config {text[:60]!r}: not a preset (paper, tiny), a JSON file or JSON: {e}") from None
+        raise ValueError(f"--config {text[:60]!r}: not a preset (default, tiny), a JSON file or JSON: {e}") from None
     if not isinstance(value, dict):
         raise ValueError("--config JSON must be an object")
     return value
@@ -106,7 +106,7 @@ def _read_override(text: str, method: str) -> dict[str, Any]:
 def resolve(
     method: str, overrides: list[str], crop_seconds: float | None = None
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """(model config dict, objective options, augmentation options) from the paper defaults,
+    """(model config dict, objective options, augmentation options) from the project's presets,
     the ``--config`` overrides in order and ``--crop-seconds`` (sets the model window)."""
     model = (pemr_config() if method == "pemr" else mart_config()).to_dict()
     objective = objective_defaults(method)
