@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from musicembed import load_model
 from musicembed.audio import load_audio
 from musicembed.config import ModelConfig, mart_config, pemr_config
 from musicembed.models import build_model
@@ -78,3 +79,15 @@ def test_no_mart_level_skips_samples(cfg: ModelConfig) -> None:
 def test_a_training_config_whose_frames_would_skip_samples_is_refused() -> None:
     with pytest.raises(ValueError, match="skip samples"):
         resolve("mart", ['{"frontend": {"n_fft": 1024}}'])
+
+
+@pytest.mark.parametrize("name", ["pemr", "mart"])
+def test_bundled_clip_vector_ignores_the_input_level(name: str) -> None:
+    model = load_model(name, device="cpu")
+    assert model.config.frontend.normalize == "window"
+    wave = load_audio(EXAMPLE, model.sample_rate)
+    ref = model.embed(wave, sample_rate=model.sample_rate)
+    for db in (-20, -10, -3, 3, 6):
+        v = model.embed(wave * 10 ** (db / 20), sample_rate=model.sample_rate)
+        cos = float(v @ ref / np.linalg.norm(v) / np.linalg.norm(ref))
+        assert cos >= 0.99, f"{db:+d} dB: cosine {cos:.4f}"
