@@ -19,7 +19,7 @@ import torch
 from musicembed.config import ModelConfig
 from musicembed.train.augment import AugmentConfig, Augmenter
 from musicembed.train.objectives import build_objective
-from musicembed.train.runconfig import resolve
+from musicembed.train.config import resolve
 
 
 def median_seconds(fn: Callable[[], None], repeats: int) -> float:

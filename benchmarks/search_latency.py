@@ -9,8 +9,8 @@ worst case for it). Queries are catalog vectors plus noise of norm ~0.3 (cosine 
 their source). For each size it prints the build time and the per-query latency (minimum,
 median and 95th percentile over single queries, as ``musicembed search`` issues them) of
 
-- numpy: the exact matrix-vector product + partial sort of ``musicembed.search.NumpyBackend``;
-- faiss: ``musicembed.search.FaissBackend`` as ``--backend auto`` builds it (flat below 10,000
+- numpy: the exact matrix-vector product + partial sort of ``musicembed.catalog.index.NumpyBackend``;
+- faiss: ``musicembed.catalog.index.FaissBackend`` as ``--backend auto`` builds it (flat below 10,000
   vectors, IVF with sqrt(N) lists and ``--nprobe`` probes above), with its recall@10
   against the exact result.
 
@@ -66,7 +66,7 @@ def main() -> None:
     ap.add_argument("--nprobe", type=int, default=32)
     ap.add_argument("--threads", type=int, default=None, help="BLAS/FAISS threads (default: as installed)")
     args = ap.parse_args()
-    from musicembed.search import FaissBackend, NumpyBackend, faiss_available
+    from musicembed.catalog.index import FaissBackend, NumpyBackend, faiss_available
 
     has_faiss = faiss_available()
     if has_faiss and args.threads:

@@ -221,7 +221,7 @@ def run_cli(model_ref: str, folder: Path, total: int, interval: float) -> None:
 
 def partial_count(partial: Path) -> int:
     """Records in the run's partial store so far (the CLI appends one per finished file)."""
-    from musicembed.catalog import read_records
+    from musicembed.io.resume import read_records
 
     if not partial.exists():
         return 0

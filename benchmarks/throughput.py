@@ -165,7 +165,7 @@ def stage_breakdown(model, path: Path, batch_size: int | None, repeat: int) -> d
     window = model.config.window_samples
     n = len(mono) // window
     wins = torch.from_numpy(np.ascontiguousarray(mono[: n * window].reshape(n, window)))
-    from musicembed.embedder import DEFAULT_CPU_BATCH_BY_METHOD
+    from musicembed.model import DEFAULT_CPU_BATCH_BY_METHOD
 
     bs = batch_size or DEFAULT_CPU_BATCH_BY_METHOD.get(model.config.method, 4)
     prepared = model._inference()
@@ -257,7 +257,7 @@ def ablation(name: str, mp3: Path) -> dict:
 
     from musicembed import load_model
     from musicembed.audio import _downmix, load_audio
-    from musicembed.inference import fold_batchnorm, native_bf16
+    from musicembed.optimize import fold_batchnorm, native_bf16
 
     model = load_model(name, device="cpu")
     sr = model.sample_rate
@@ -328,7 +328,7 @@ def ablation(name: str, mp3: Path) -> dict:
     audio.DECODE_THREADS = old_dt
     out["decode_threads_x_realtime"] = decode
 
-    import musicembed.embedder as embedder
+    import musicembed.model as embedder
 
     threads = {}
     old = torch.get_num_threads()

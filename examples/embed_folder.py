@@ -21,7 +21,7 @@ import numpy as np
 
 import musicembed
 from musicembed.audio import find_audio_files
-from musicembed.outputs import write_results
+from musicembed.io.writers import write_results
 
 
 def main(argv: list[str] | None = None) -> int:

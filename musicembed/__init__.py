@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from .embedder import Embedding, EmbedError, LevelEmbedding, Model, load_model
+from .model import Embedding, EmbedError, LevelEmbedding, Model, load_model
 from .errors import AudioError, MusicEmbedError, WeightsError
 from .hub import list_models
 

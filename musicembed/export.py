@@ -262,7 +262,7 @@ def export(model, out: str | os.PathLike, fmt: str = "onnx", levels: str = "0", 
     audio reach values near 100), else ``RuntimeError`` is raised and nothing is written. ONNX verification needs onnxruntime and is skipped
     (``max_abs_diff=None``) without it. The file is written atomically.
     """
-    from .embedder import Model, load_model
+    from .model import Model, load_model
 
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r} (expected one of {', '.join(FORMATS)})")

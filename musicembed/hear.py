@@ -96,7 +96,7 @@ def load_model(model_file_path: str = "") -> HearModel:
     (``musicembed models``); or ``"hf-hub:<owner>/<repo>[@revision]"``. The model is
     returned on the CPU in eval mode; move it with ``.to(device)``.
     """
-    from .embedder import load_model as _load
+    from .model import load_model as _load
 
     ref = model_file_path or DEFAULT_MODEL
     if os.path.isfile(ref):  # e.g. .../model.safetensors or .../config.json: use the folder

@@ -28,7 +28,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .errors import WeightsError
-from .fileio import atomic_write
+from .io.atomic import atomic_write
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"

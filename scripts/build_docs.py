@@ -21,7 +21,7 @@ EXCLUDE = {"musicembed.__main__"}
 
 def modules() -> list[str]:
     """Every module of the package. Listed one by one: pdoc's own walk skips submodules that a
-    package's ``__all__`` does not name (musicembed.models, musicembed.train.eval)."""
+    package's ``__all__`` does not name (musicembed.models, musicembed.eval)."""
     import musicembed
 
     names = ["musicembed"] + [m.name for m in pkgutil.walk_packages(musicembed.__path__, prefix="musicembed.")]

@@ -302,7 +302,7 @@ def test_api_file_case(case, model, matrix, monkeypatch):
     monkeypatch.setattr(os, "access", _deny_secret(os.access))
     import warnings
 
-    from musicembed.embedder import TruncatedAudioWarning
+    from musicembed.model import TruncatedAudioWarning
 
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -319,7 +319,7 @@ def test_api_file_case(case, model, matrix, monkeypatch):
     assert len(truncated) == (case.warn is not None)  # the API warns too
 
 
-@pytest.mark.filterwarnings("ignore::musicembed.embedder.TruncatedAudioWarning")  # checked per case above
+@pytest.mark.filterwarnings("ignore::musicembed.model.TruncatedAudioWarning")  # checked per case above
 def test_api_list_of_all_cases_accounts_for_every_input(model, matrix, monkeypatch):
     _, paths = matrix
     monkeypatch.setattr(os, "access", _deny_secret(os.access))
@@ -621,7 +621,7 @@ except EmbedError as e:
 
 def test_a_decode_thread_failure_is_raised_not_waited_for(model, tmp_path, monkeypatch):
     """Whatever kills the decoding thread reaches the caller as an exception."""
-    import musicembed.embedder as embedder
+    import musicembed.model as embedder
 
     def broken(*a, **k):
         yield 0, np.zeros(100, np.float32)
@@ -735,7 +735,7 @@ def test_npy_with_per_window_options_is_refused(pemr_dir, mart_dir, tmp_path, fl
 # -- 5. --resume: the stale rule, and --rehash
 
 def test_resume_rehash_notices_content_changed_under_the_same_size_and_mtime(pemr_dir, tmp_path, monkeypatch):
-    from musicembed.catalog import PartialStore
+    from musicembed.io.resume import PartialStore
 
     music = tmp_path / "music"
     music.mkdir()
@@ -1089,7 +1089,7 @@ def test_kill_at_the_final_rename_leaves_a_temporary_the_next_run_removes(pemr_d
 
 _PACED = """
 import sys, time
-from musicembed import catalog
+from musicembed.io import resume as catalog
 real = catalog.PartialStore.append
 def paced(self, key, result):
     real(self, key, result)
@@ -1173,7 +1173,7 @@ def test_models_lists_sha256_and_hub_repository():
 
 
 def test_a_damaged_middle_record_is_reported_as_such(pemr_dir, tmp_path, monkeypatch):
-    from musicembed.catalog import PartialStore
+    from musicembed.io.resume import PartialStore
 
     music = tmp_path / "music"
     music.mkdir()

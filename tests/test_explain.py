@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from audio_fixtures import SR, chord, noise, tiny_pemr_config, tone
 from musicembed import load_model
 from musicembed.cli import cli
-from musicembed.explain import folder_labels, load_mask_generator, mart_structure, pemr_importance, project
+from musicembed.viz import folder_labels, load_mask_generator, mart_structure, pemr_importance, project
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -43,7 +43,7 @@ def pemr(pemr_dir):
 def mask_run(tmp_path_factory) -> Path:
     """A `musicembed train` run folder of the tiny PEMR with one checkpoint (random weights)."""
     from musicembed.train.objectives import PEMRObjective, PEMRObjectiveConfig
-    from musicembed.train.runconfig import TrainConfig
+    from musicembed.train.config import TrainConfig
 
     run = tmp_path_factory.mktemp("run")
     objective = {"layers": 2, "heads": 3, "head_dim": 8, "ff_dim": 32, "ratio": 0.2}

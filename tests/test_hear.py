@@ -39,7 +39,7 @@ def test_model_attributes(hear_pemr, hear_mart, pemr_dir):
 
 def test_load_model_default_is_pemr(monkeypatch):
     seen = []
-    from musicembed import embedder
+    from musicembed import model as embedder
 
     def fake(name, device=None):
         seen.append((name, device))

@@ -15,8 +15,8 @@ from torch import nn
 from audio_fixtures import SR, chord, noise, tone
 from musicembed import load_model
 from musicembed.audio import load_audio
-from musicembed.embedder import _to_device
-from musicembed.inference import Prepared, fold_batchnorm, native_bf16, prepare
+from musicembed.model import _to_device
+from musicembed.optimize import Prepared, fold_batchnorm, native_bf16, prepare
 
 
 @pytest.fixture(scope="module")
@@ -79,13 +79,13 @@ def test_embed_uses_the_folded_copy_and_matches_the_plain_network(pemr_dir, musi
 @pytest.fixture()
 def compile_on_cpu(monkeypatch):
     """Let fast mode try torch.compile on this CPU (off by default there, see COMPILE_ON_CPU)."""
-    import musicembed.inference as inference
+    import musicembed.optimize as inference
 
     monkeypatch.setattr(inference, "COMPILE_ON_CPU", True)
 
 
 def test_fast_mode_without_a_faster_candidate_runs_the_default(pemr_dir, music, monkeypatch):
-    import musicembed.inference as inference
+    import musicembed.optimize as inference
 
     monkeypatch.setattr(inference, "COMPILE_ON_CPU", False)
     monkeypatch.setattr(inference, "native_bf16", lambda device: False)

@@ -13,7 +13,7 @@ from musicembed import load_model
 from musicembed.audio import load_audio
 from musicembed.config import ModelConfig, mart_config, pemr_config
 from musicembed.models import build_model
-from musicembed.train.runconfig import resolve
+from musicembed.train.config import resolve
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "audio" / "supertuxkart-bay-excerpt.ogg"
 PART_S = 0.25

@@ -18,9 +18,9 @@ from click.testing import CliRunner
 
 from audio_fixtures import noise, tone
 from musicembed import load_model
-from musicembed.catalog import PartialStore, file_key, partial_path, read_records, run_settings
+from musicembed.io.resume import PartialStore, file_key, partial_path, read_records, run_settings
 from musicembed.cli import cli
-from musicembed.embedder import Model
+from musicembed.model import Model
 
 N_FILES = 30
 
@@ -48,7 +48,7 @@ def reference(catalog, pemr_dir, tmp_path_factory) -> dict:
 
 PACED_CLI = """
 import sys, time
-from musicembed import catalog
+from musicembed.io import resume as catalog
 real = catalog.PartialStore.append
 def paced(self, key, result):
     real(self, key, result)
@@ -236,7 +236,7 @@ def test_resume_needs_out_and_one_run_per_store(small, pemr_dir, tmp_path):
 def test_failed_final_write_keeps_old_output_and_results(small, pemr_dir, tmp_path, monkeypatch):
     """The output write dies half-way (disk full): the previous file stays, no temp file is left,
     and --resume then finishes without embedding anything again."""
-    import musicembed.outputs as outputs
+    import musicembed.io.writers as outputs
 
     out = tmp_path / "o.npz"
     base = [str(small), "-r", "-m", str(pemr_dir), "--out", str(out)]
@@ -276,7 +276,7 @@ def test_outputs_are_readable_by_others_and_keys_follow_the_file(small, pemr_dir
 def test_store_reader_stops_at_the_first_damaged_record(pemr_dir, tmp_path):
     """A flipped bit (crc32) or a garbage length ends the good part of the store; nothing after it
     is trusted, nothing is allocated for a length the file does not hold."""
-    from musicembed.catalog import _HEAD
+    from musicembed.io.resume import _HEAD
 
     model = load_model(pemr_dir, device="cpu")
     settings = run_settings(model, window_seconds=None, hop_seconds=None, hierarchical=False)

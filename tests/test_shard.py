@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from audio_fixtures import SR, chord, tone
 from musicembed.cli import cli
-from musicembed.shard import ShardError, list_catalog, merge, parse_spec, shard_of
+from musicembed.catalog.shard import ShardError, list_catalog, merge, parse_spec, shard_of
 
 
 @pytest.fixture(scope="module")

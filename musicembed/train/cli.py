@@ -61,7 +61,7 @@ def _given(**values: Any) -> dict[str, Any]:
 def _run(method: str, params: dict[str, Any], objective: dict[str, Any]) -> None:
     from . import distributed
     from .loop import train
-    from .runconfig import TrainConfig, resolve
+    from .config import TrainConfig, resolve
 
     ctx = click.get_current_context()
     if params["resume"]:

@@ -39,7 +39,7 @@ from . import distributed
 from .augment import AugmentConfig, Augmenter
 from .data import build_cache, cached_pieces, default_cache_dir, list_tracks, make_loader
 from .objectives import build_objective
-from .runconfig import TrainConfig
+from .config import TrainConfig
 
 CHECKPOINTS = "checkpoints"
 LOG_NAME = "log.csv"

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..models import MARTModel, PEMRModel, build_model
-from ..models.pemr_masks import MaskGenerator, lowest_frames
+from .masks import MaskGenerator, lowest_frames
 from . import distributed
 from .losses import barlow_twins, mart_loss, negative_diagonal
 

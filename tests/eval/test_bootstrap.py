@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from musicembed.train.eval.bootstrap import (
+from musicembed.eval.bootstrap import (
     TrackMetric,
     bootstrap_interval,
     mean_metric,

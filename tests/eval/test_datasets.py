@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from musicembed.train.eval import datasets as ds
-from musicembed.train.eval.datasets import DatasetError
+from musicembed.eval import datasets as ds
+from musicembed.eval.datasets import DatasetError
 
 
 def _touch(path: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 
 from musicembed.audio import load_audio
-from musicembed.train.eval.degrade import (
+from musicembed.eval.degrade import (
     DEGRADATIONS,
     add_noise,
     file_seed,

@@ -10,8 +10,8 @@ import pytest
 import soundfile as sf
 from click.testing import CliRunner
 
-from musicembed.train.eval import datasets as ds
-from musicembed.train.eval.cli import eval_command
+from musicembed.eval import datasets as ds
+from musicembed.eval.cli import eval_command
 
 from eval_helpers import synth
 

@@ -10,7 +10,7 @@ import soundfile as sf
 import torch
 from torch import nn
 
-from musicembed.train.eval.finetune import (
+from musicembed.eval.finetune import (
     FinetuneConfig,
     WaveformDataset,
     finetune,

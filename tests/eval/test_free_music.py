@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from musicembed.train.eval.datasets import DatasetError
-from musicembed.train.eval.degrade import DEGRADATIONS
-from musicembed.train.eval.embeddings import embed_files
-from musicembed.train.eval.free_music import (
+from musicembed.eval.datasets import DatasetError
+from musicembed.eval.degrade import DEGRADATIONS
+from musicembed.eval.embeddings import embed_files
+from musicembed.eval.free_music import (
     METRICS,
     FreeMusicConfig,
     Track,
@@ -25,8 +25,8 @@ from musicembed.train.eval.free_music import (
     stratified_folds,
     write_report,
 )
-from musicembed.train.eval.probes import ProbeConfig
-from musicembed.train.eval.systems import MFCCEmbedder, System
+from musicembed.eval.probes import ProbeConfig
+from musicembed.eval.systems import MFCCEmbedder, System
 
 
 class Collapsed:
@@ -148,7 +148,7 @@ def test_identical_systems_differ_by_zero_and_baseline_is_added(free_music_dir: 
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     # "mfcc" as a baseline spec: loaded by name and added to the systems; a copy of the
     # same features under another name differs from it by exactly 0 everywhere
-    import musicembed.train.eval.free_music as fm
+    import musicembed.eval.free_music as fm
 
     monkeypatch.setattr(fm, "load_system", lambda spec, device=None: mfcc_system(spec))
     cfg = FreeMusicConfig(split="report", **CFG)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from musicembed.train.eval.metrics import (
+from musicembed.eval.metrics import (
     accuracy,
     average_precision,
     classification_metrics,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from musicembed.train.eval.probes import ProbeConfig, fit_probe, probe_evaluation
+from musicembed.eval.probes import ProbeConfig, fit_probe, probe_evaluation
 
 
 def _multiclass(n: int, seed: int, shift: float = 0.0) -> tuple[np.ndarray, np.ndarray]:

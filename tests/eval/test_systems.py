@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from musicembed.train.eval.systems import MFCCEmbedder, RandomFCNEmbedder, load_system
+from musicembed.eval.systems import MFCCEmbedder, RandomFCNEmbedder, load_system
 
 from eval_helpers import SR, melody, synth
 

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from musicembed.train.loop import list_checkpoints
-from musicembed.train.runconfig import TrainConfig, resolve
+from musicembed.train.config import TrainConfig, resolve
 
 # One torchrun launch trains both methods (process start-up dominates the test's time).
 WORKER = """
@@ -21,7 +21,7 @@ import json, os, sys
 import torch.distributed as dist
 from safetensors.torch import save_file
 from musicembed.train.loop import train
-from musicembed.train.runconfig import TrainConfig
+from musicembed.train.config import TrainConfig
 
 dist.init_process_group("gloo")  # joined once; train() then uses it and leaves it open
 for text in sys.argv[1:]:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from audio_fixtures import tiny_mart_config
 
-from musicembed.models.pemr_masks import MaskGenerator, lowest_frames
+from musicembed.train.masks import MaskGenerator, lowest_frames
 from musicembed.train.losses import barlow_twins, mart_loss, negative_diagonal
 from musicembed.train.objectives import build_objective
 

@@ -100,9 +100,9 @@ def load_mask_generator(path: str | os.PathLike, model):
     checkpoint) or one checkpoint folder (``RUN/checkpoints/step-N``). Returns (generator, ratio)."""
     from safetensors.torch import load_file
 
-    from .models.pemr_masks import MaskGenerator
+    from .train.masks import MaskGenerator
     from .train.objectives import PEMRObjectiveConfig
-    from .train.runconfig import TrainConfig
+    from .train.config import TrainConfig
 
     p = Path(path)
     if (p / "run.json").is_file():
@@ -307,7 +307,7 @@ def _figure(size: tuple[int, int]):
 
 
 def _save(fig, out: str | os.PathLike) -> Path:
-    from .outputs import atomic_write
+    from .io.atomic import atomic_write
 
     out = Path(out)
     fmt = out.suffix.lower().lstrip(".") or "png"

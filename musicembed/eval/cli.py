@@ -16,7 +16,7 @@ from typing import Any
 import click
 import numpy as np
 
-from ...errors import MusicEmbedError
+from ..errors import MusicEmbedError
 from . import datasets
 from .embeddings import embed_files
 from .finetune import FinetuneConfig, WaveformDataset, finetune, model_encoder_factory

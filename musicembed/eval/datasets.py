@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ...audio import AUDIO_EXTENSIONS
-from ...errors import MusicEmbedError
+from ..audio import AUDIO_EXTENSIONS
+from ..errors import MusicEmbedError
 
 PathLike = str | os.PathLike
 GTZAN_GENRES = ("blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock")

@@ -9,8 +9,8 @@ from pathlib import Path
 import click
 import numpy as np
 
-from . import __version__
-from .errors import EXIT_FAILED_INPUTS, EXIT_INTERRUPTED, EXIT_NOTHING_WRITTEN, MusicEmbedError
+from .. import __version__
+from ..errors import EXIT_FAILED_INPUTS, EXIT_INTERRUPTED, EXIT_NOTHING_WRITTEN, MusicEmbedError
 
 
 class _LazyGroup(click.Group):
@@ -19,7 +19,7 @@ class _LazyGroup(click.Group):
 
     lazy = {
         "train": ("musicembed.train.cli", "train_command", "Pre-train PEMR or MART on your own audio; export."),
-        "eval": ("musicembed.train.eval.cli", "eval_command", "Downstream evaluation protocols (probes, covers)."),
+        "eval": ("musicembed.eval.cli", "eval_command", "Downstream evaluation protocols (probes, covers)."),
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -135,9 +135,9 @@ def embed(paths: tuple[Path, ...], recursive: bool, model_name: str, out: Path |
       musicembed embed music/ -r --out catalog.npz --model mart --hierarchical
       musicembed embed music/ -r --out catalog.npz --resume
     """
-    from .audio import find_audio_files
-    from .embedder import load_model
-    from .outputs import FORMATS, check_options, to_json, write_results
+    from ..audio import find_audio_files
+    from ..model import load_model
+    from ..io.writers import FORMATS, check_options, to_json, write_results
 
     if out is not None and out.suffix.lower() not in FORMATS:
         _fail(f"--out must end in one of {', '.join(FORMATS)} (got {out.name!r})")
@@ -153,7 +153,7 @@ def embed(paths: tuple[Path, ...], recursive: bool, model_name: str, out: Path |
     files, problems = find_audio_files(list(paths), recursive=recursive, report_unsupported=True)
     selection = None
     if shard_spec is not None:  # the sharding logic lives in musicembed/shard.py
-        from .shard import ShardError, catalog_of, parse_spec
+        from ..catalog.shard import ShardError, catalog_of, parse_spec
 
         if out is not None and out.suffix.lower() != ".npz":
             _fail("--shard needs --out FILE.npz (or no --out): merge reads the shard metadata stored there")
@@ -172,7 +172,7 @@ def embed(paths: tuple[Path, ...], recursive: bool, model_name: str, out: Path |
     if out is not None:  # finished files go to OUT.partial one by one, so an interrupted run can --resume
         from dataclasses import replace
 
-        from .catalog import PartialStore, StoreError, file_key, run_settings
+        from ..io.resume import PartialStore, StoreError, file_key, run_settings
 
         try:
             store, done, note = PartialStore.open(out, run_settings(
@@ -257,7 +257,7 @@ def models(as_json: bool) -> None:
       musicembed models
       musicembed models --json
     """
-    from . import hub
+    from .. import hub
 
     manifest = hub.read_manifest()["models"]
 
@@ -314,7 +314,7 @@ def download(name: str, force: bool) -> None:
       musicembed download mart
       musicembed download hf-hub:owner/repo@v1.0
     """
-    from . import hub
+    from .. import hub
 
     try:
         res = hub.resolve(name, force_download=force)
@@ -338,7 +338,7 @@ def info(paths: tuple[Path, ...], as_json: bool) -> None:
     """
     from dataclasses import asdict
 
-    from .audio import info as audio_info
+    from ..audio import info as audio_info
 
     failed = False
     for p in paths:
@@ -375,7 +375,7 @@ def convert_pemr_official(checkpoint: Path, out: Path) -> None:
     Example:
       musicembed convert pemr-official pemr.ckpt --out models/pemr-official
     """
-    from .convert import convert_pemr_official as run
+    from ..convert import convert_pemr_official as run
 
     try:
         folder = run(checkpoint, out)
@@ -397,7 +397,7 @@ def publish(name: str, repo_id: str, private: bool, token: str | None) -> None:
       musicembed publish pemr --repo-id musicembed/pemr-fcn4-freemusic
       musicembed publish runs/my-model --repo-id me/my-pemr --private
     """
-    from .embedder import load_model
+    from ..model import load_model
 
     try:
         model = load_model(name, device="cpu")
@@ -440,7 +440,7 @@ def export_command(name: str, fmt: str, out: Path, levels: str, tolerance: float
       musicembed export mart --format onnx --levels all --out mart-levels.onnx
       musicembed export runs/my-model --format torchscript --out my-model.pt
     """
-    from .export import export
+    from ..export import export
 
     try:
         res = export(name, out, fmt, levels=levels, verify=not no_verify, tolerance=tolerance)
@@ -454,7 +454,7 @@ def export_command(name: str, fmt: str, out: Path, levels: str, tolerance: float
 
 
 # Catalog commands (index, search, explain, map, merge): musicembed/cli_catalog.py, imports kept lazy.
-from .cli_catalog import register as _register_catalog  # noqa: E402
+from .catalog import register as _register_catalog  # noqa: E402
 
 _register_catalog(cli)
 

@@ -23,7 +23,7 @@ import math
 import torch
 from torch import nn
 
-from .mart import CrossAttention
+from ..models.mart import CrossAttention
 
 STD_EPS = 1e-5
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .embedder import Embedding
-from .fileio import atomic_write
+from ..model import Embedding
+from .atomic import atomic_write
 
 FORMATS = (".npz", ".npy", ".jsonl")
 

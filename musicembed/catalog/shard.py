@@ -28,7 +28,7 @@ from pathlib import Path, PurePath
 
 import numpy as np
 
-from .errors import MusicEmbedError
+from ..errors import MusicEmbedError
 
 SHARD_KEYS = ("shard", "catalog_count", "catalog_digest", "catalog_keys", "catalog_index",
               "failed_keys", "failed_index", "failed_reasons")
@@ -101,7 +101,7 @@ def list_catalog(paths: Sequence[str | os.PathLike], recursive: bool = False) ->
     file its key: the path relative to the folder argument it was found under, or, for a
     file given directly, the path as given. Duplicate keys (the same relative path under two
     folder arguments) are an error: they could not be told apart across machines."""
-    from .audio import find_audio_files
+    from ..audio import find_audio_files
 
     files, problems = find_audio_files(list(paths), recursive=recursive)
     return catalog_of(files, paths, problems)
@@ -194,7 +194,7 @@ def merge(parts: Sequence[str | os.PathLike], out: str | os.PathLike) -> MergeRe
     embedded and failed files do not add up to the catalog. Files the shards record as failed
     are returned in the report (the merged file holds every other file).
     """
-    from .outputs import atomic_write
+    from ..io.atomic import atomic_write
 
     out = Path(out)
     if out.suffix.lower() != ".npz":

@@ -23,10 +23,10 @@ import numpy as np
 import torch
 import torchaudio
 
-from ... import hub
-from ...audio import AudioInput, load_audio
-from ...embedder import Model, load_model
-from ...models import build_model
+from .. import hub
+from ..audio import AudioInput, load_audio
+from ..model import Model, load_model
+from ..models import build_model
 
 RANDOM_PREFIX = "random:"
 RANDOM_SEED = 0

@@ -24,7 +24,7 @@ from . import hub
 from .audio import AudioInput, StreamEnd, _name_of, stream_many
 from .config import MAX_WINDOW_SECONDS, ModelConfig
 from .errors import AudioError, MusicEmbedError
-from .inference import Prepared, prepare
+from .optimize import Prepared, prepare
 from .models import build_model
 
 # Windows per forward pass on CPU (benchmarks/throughput.py --cases ablation, 2-core AVX2;

@@ -51,8 +51,8 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from ...audio import info, load_audio
-from ...errors import MusicEmbedError
+from ..audio import info, load_audio
+from ..errors import MusicEmbedError
 from .bootstrap import DEFAULT_RESAMPLES, TrackMetric, bootstrap_interval, mean_metric, paired_difference
 from .datasets import DatasetError
 from .degrade import DEGRADATIONS, write_degraded

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import click
 
-from .errors import EXIT_FAILED_INPUTS, MusicEmbedError
+from ..errors import EXIT_FAILED_INPUTS, MusicEmbedError
 
 
 def _fail(msg: str) -> None:
-    from .cli import Fatal  # here: cli imports this module at its end
+    from .main import Fatal  # here: main imports this module at its end
 
     raise Fatal(msg)
 
@@ -30,7 +30,7 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def _load_model(name: str, device: str | None):
-    from .embedder import load_model
+    from ..model import load_model
 
     try:
         return load_model(name, device=device)
@@ -81,7 +81,7 @@ def index_command(paths: tuple[Path, ...], out: Path, model_name: str | None, re
       musicembed index music/ --out music-mart.index.npz --model mart
       musicembed index music/ --out music.index.npz            # again later: incremental update
     """
-    from .search import Index, IndexError_, IndexMismatchError
+    from ..catalog.index import Index, IndexError_, IndexMismatchError
 
     if out.suffix.lower() != ".npz":
         _fail(f"--out must end in .npz (got {out.name!r})")
@@ -153,8 +153,8 @@ def search_command(queries: tuple[Path, ...], index_path: Path, k: int, as_json:
       musicembed search query.mp3 --index music.index.npz -k 10
       musicembed search query.mp3 --index music.index.npz --json
     """
-    from .errors import AudioError
-    from .search import Index, IndexError_, IndexMismatchError
+    from ..errors import AudioError
+    from ..catalog.index import Index, IndexError_, IndexMismatchError
 
     try:
         index = Index.load(index_path)
@@ -227,8 +227,8 @@ def explain_command(audio: Path, out: Path, model_name: str, masks_path: Path | 
       musicembed explain song.mp3 --out fig.png --masks runs/pemr-run
       musicembed explain song.mp3 --out fig.png --model mart --start 60 --duration 40
     """
-    from .errors import AudioError
-    from .explain import PlotError, explain_figure, load_mask_generator
+    from ..errors import AudioError
+    from ..viz import PlotError, explain_figure, load_mask_generator
 
     dims = _size(size)
     model = _load_model(model_name, device)
@@ -278,12 +278,12 @@ def map_command(paths: tuple[Path, ...], out: Path, model_name: str, index_path:
     """
     import numpy as np
 
-    from .explain import PlotError, map_figure
+    from ..viz import PlotError, map_figure
 
     dims = _size(size)
     failures: list[tuple[str, str]] = []
     if index_path is not None:
-        from .search import Index, IndexError_
+        from ..catalog.index import Index, IndexError_
 
         try:
             index = Index.load(index_path)
@@ -299,7 +299,7 @@ def map_command(paths: tuple[Path, ...], out: Path, model_name: str, index_path:
     else:
         if not paths:
             _fail("give a folder to map, or --index INDEX")
-        from .audio import find_audio_files
+        from ..audio import find_audio_files
 
         found, problems = find_audio_files(list(paths), recursive=True)
         failures += problems
@@ -341,7 +341,7 @@ def merge_command(shards: tuple[Path, ...], out: Path) -> None:
     Example:
       musicembed merge parts/part-*.npz --out catalog.npz
     """
-    from .shard import ShardError, merge
+    from ..catalog.shard import ShardError, merge
 
     try:
         rep = merge(list(shards), out)

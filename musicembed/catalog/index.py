@@ -1,7 +1,7 @@
 """Catalog similarity search: a persisted, incrementally updatable index of a music catalog.
 
     from musicembed import load_model
-    from musicembed.search import Index
+    from musicembed.catalog.index import Index
 
     model = load_model("mart")
     index = Index.build(model, ["music/"])          # embeds every audio file below music/
@@ -41,8 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import AudioError, MusicEmbedError
-from .hub import sha256_file
+from ..errors import AudioError, MusicEmbedError
+from ..hub import sha256_file
 
 INDEX_FORMAT = "musicembed-index"
 INDEX_VERSION = 1
@@ -110,7 +110,7 @@ def _stat(path: str) -> tuple[int, int]:
 
 
 def _catalog_files(roots: Sequence[str | os.PathLike]) -> tuple[list[str], list[tuple[str, str]]]:
-    from .audio import find_audio_files
+    from ..audio import find_audio_files
 
     files, problems = find_audio_files(list(roots), recursive=True)
     return [os.path.abspath(f) for f in files], problems
@@ -540,7 +540,7 @@ class Index:
     # -- persistence
     def save(self, path: str | os.PathLike) -> Path:
         """Write the index to ``path`` (``.npz``), atomically."""
-        from .outputs import atomic_write
+        from ..io.atomic import atomic_write
 
         path = Path(path)
         if path.suffix.lower() != ".npz":
@@ -642,7 +642,7 @@ class Index:
         be = FaissBackend(self._unit, nprobe=nprobe)
         if side is not None and be.kind == "ivf":
             try:
-                from .outputs import atomic_write
+                from ..io.atomic import atomic_write
 
                 atomic_write(side, lambda tmp: faiss.write_index(be.index, tmp))
                 atomic_write(tag, lambda tmp: Path(tmp).write_text(json.dumps({"uid": self.uid})))
@@ -666,7 +666,7 @@ class Index:
         checked), or a clip vector (D,) (only its size can be checked). For MART indexes each
         hit gets the best-matching time span at ``span_level`` (0: MART's level-0 clips).
         """
-        from .embedder import Embedding
+        from ..model import Embedding
 
         if model is not None:
             self.check_model(model)

@@ -2,7 +2,7 @@
 the free-music evaluation (with its degradations and bootstrap intervals), and the
 ``musicembed eval`` command group.
 
-    from musicembed.train.eval import retrieval_metrics, probe_evaluation, load_covers80
+    from musicembed.eval import retrieval_metrics, probe_evaluation, load_covers80
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...errors import MusicEmbedError
+from ..errors import MusicEmbedError
 from .systems import System
 
 PathLike = str | os.PathLike

@@ -20,10 +20,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ... import hub
-from ...audio import AudioInput, load_audio
-from ...embedder import load_model
-from ...models import build_model
+from .. import hub
+from ..audio import AudioInput, load_audio
+from ..model import load_model
+from ..models import build_model
 from .metrics import classification_metrics, tagging_metrics
 from .probes import TASKS, Task
 from .systems import RANDOM_PREFIX

@@ -34,9 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from .embedder import Embedding, LevelEmbedding
-from .errors import MusicEmbedError
-from .fileio import remove_stale_temporaries
+from ..model import Embedding, LevelEmbedding
+from ..errors import MusicEmbedError
+from .atomic import remove_stale_temporaries
 
 try:  # POSIX: one run per store at a time
     import fcntl
@@ -87,7 +87,7 @@ def run_settings(model, *, window_seconds: float | None, hop_seconds: float | No
 
 def content_hash(key: str) -> str | None:
     """sha256 (hex) of the content of the file a :func:`file_key` names; None if it cannot be read."""
-    from .hub import sha256_file
+    from ..hub import sha256_file
 
     try:
         return sha256_file(json.loads(key)[0])

@@ -29,7 +29,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from ...errors import MusicEmbedError
+from ..errors import MusicEmbedError
 
 MP3_KBPS = 64
 LOWPASS_TRANSITION_HZ = 500.0
