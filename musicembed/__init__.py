@@ -7,7 +7,8 @@
 
 from __future__ import annotations
 
-from .model import Embedding, EmbedError, LevelEmbedding, Model, load_model
+from .model import Model, load_model
+from .results import Embedding, EmbedError, LevelEmbedding
 from .errors import AudioError, MusicEmbedError, WeightsError
 from .hub import list_models
 

@@ -43,7 +43,6 @@ AudioInput = Union[PathLike, np.ndarray, torch.Tensor]
 BLOCK_SECONDS = 30.0
 MAX_CHANNELS = 64  # a 2-D array whose shorter axis is longer than this is not audio
 MIN_SAMPLE_RATE = 1000  # Hz; below it a few samples would stand for hours of audio to resample and embed
-DECODE_THREADS = min(2, os.cpu_count() or 1)  # threads decoding ahead of the model (see stream_many)
 _MAX_BLOCK_SAMPLES = 1 << 23  # frames x channels decoded at once (32 MB), whatever the header claims
 AUDIO_EXTENSIONS = frozenset(
     {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au", ".w64", ".caf"}
@@ -391,6 +390,11 @@ def _stream(source: AudioInput, sample_rate: int, *, source_rate: int | None, bl
     return (yield from _blocks_from_file(source, sample_rate, block_seconds))
 
 
+def default_decode_threads() -> int:
+    """Threads decoding files ahead of the network: 2, or 1 on a single core."""
+    return min(2, os.cpu_count() or 1)
+
+
 def stream_many(
     inputs: Sequence[AudioInput],
     sample_rate: int,
@@ -404,7 +408,7 @@ def stream_many(
     ``(i, StreamEnd)`` at its end, or ``(i, AudioError)`` when it fails (blocks already
     yielded stay valid).
 
-    With ``threads`` > 1 (default :data:`DECODE_THREADS`) files are decoded by a pool of
+    With ``threads`` > 1 (default :func:`default_decode_threads`) files are decoded by a pool of
     threads, up to ``2 * threads`` blocks ahead: the 30-s blocks of one long file are read
     by several threads at once (each with its own handle, seeking to its block), and short
     files are decoded side by side. libsndfile releases the GIL, so this uses more cores;
@@ -413,7 +417,7 @@ def stream_many(
     announced, audio beyond it) makes the rest of that file be read sequentially by the
     same code as :func:`stream_audio`, so the errors and their messages are the same.
     """
-    threads = DECODE_THREADS if threads is None else max(1, int(threads))
+    threads = default_decode_threads() if threads is None else max(1, int(threads))
     if threads == 1:
         for i, x in enumerate(inputs):
             yield from _one_input(i, x, sample_rate, source_rate, block_seconds)

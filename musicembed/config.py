@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .windows import MartLevel, mart_levels
+
 # 2: FrontendConfig.normalize, EncoderConfig.ceil_pools and time_pool (absent in 1, read as
 # their defaults, which compute what format 1 computed).
 FORMAT_VERSION = 2
@@ -214,17 +216,6 @@ class MartConfig:
         })
 
 
-@dataclass(frozen=True)
-class MartLevel:
-    """One level of MART's hierarchy inside a window: ``count`` clips of ``clip`` samples, each
-    turned into ``frames`` log-mel frames with an STFT hop of ``hop`` samples."""
-
-    level: int
-    count: int
-    clip: int
-    hop: int
-
-
 @dataclass
 class ModelConfig:
     """Everything needed to rebuild an inference model from ``model.safetensors``."""
@@ -283,23 +274,12 @@ class ModelConfig:
         return self.encoder.channels[-1] * freq
 
     def mart_levels(self, samples: int | None = None) -> list[MartLevel]:
-        """MART's level geometry for a window of ``samples`` (default ``window_samples``): level n
-        cuts it into parts^n equal clips and uses hop clip // frames, so every level gives the
-        same frame count (samples past ``count * clip`` are not used)."""
+        """MART's level geometry (:func:`musicembed.windows.mart_levels`) for a window of
+        ``samples`` (default ``window_samples``)."""
         if self.mart is None:
             raise ValueError("mart_levels: not a MART config")
-        mc = self.mart
         samples = self.window_samples if samples is None else samples
-        out = []
-        for n in range(mc.levels):
-            count = mc.parts**n
-            clip = samples // count
-            hop = clip // mc.frames
-            if hop < 1:
-                raise ValueError(f"MART window of {samples} samples is too short for {mc.levels} levels "
-                                 f"of {mc.frames} frames")
-            out.append(MartLevel(n, count, clip, hop))
-        return out
+        return mart_levels(samples, self.mart.levels, self.mart.parts, self.mart.frames)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

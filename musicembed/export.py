@@ -49,6 +49,7 @@ from torch import nn
 
 from .config import FrontendConfig
 from .frontend import LogMel, finish_db
+from .models import window_vectors
 
 FORMATS = ("onnx", "torchscript")
 ONNX_OPSET = 18
@@ -108,41 +109,19 @@ class PEMRExport(nn.Module):
 class MARTExport(nn.Module):
     """wave (batch, window_samples) -> level-0 embedding (batch, D) [, level n (batch, M^n, D) ...].
 
-    Reproduces :meth:`MARTModel.level_mels` with the hop of every level fixed at build time
-    (the input length is fixed to the model's window), then the shared encoder and the
-    part-whole transformer of the model itself.
+    The model's own forward pass, with the real-valued log-mel as its frontend; the input
+    length is fixed to the model's window, so every level's hop is a constant of the graph.
     """
 
     def __init__(self, net: nn.Module, all_levels: bool = False, real_stft: bool = True) -> None:
         super().__init__()
-        cfg = net.cfg
-        mc = cfg.mart
-        self.samples = cfg.window_samples
-        self.frames = mc.frames
+        self.net = net
         self.all_levels = all_levels
-        geometry = cfg.mart_levels()
-        self.counts = [lv.count for lv in geometry]
-        self.clips = [lv.clip for lv in geometry]
-        self.hops = [lv.hop for lv in geometry]
-        self.frontend = RealLogMel(cfg.frontend) if real_stft else net.frontend  # one DFT basis for all levels
-        self.encoder = net.encoder
-        self.pwt = net.pwt
-        self.dim = cfg.embedding_dim
+        self.frontend = RealLogMel(net.cfg.frontend) if real_stft else net.frontend  # one DFT basis for all levels
 
     def forward(self, wave: torch.Tensor):
-        mels = []
-        for count, clip, hop in zip(self.counts, self.clips, self.hops):
-            crops = wave[:, : clip * count].reshape(-1, clip)
-            mels.append(self.frontend(crops, hop_length=hop)[..., : self.frames])
-        z = self.encoder(torch.cat(mels, dim=0))
-        levels, start = [], 0
-        for count, mel in zip(self.counts, mels):
-            rows = mel.shape[0]
-            levels.append(z[start : start + rows].reshape(-1, count, self.dim))
-            start += rows
-        if self.pwt is not None:
-            levels = self.pwt(levels)
-        first = levels[0][:, 0]
+        levels = self.net(wave, frontend=self.frontend)
+        first = window_vectors(levels)
         if not self.all_levels:
             return first
         return (first, *levels[1:])
@@ -336,7 +315,7 @@ def reference_outputs(net: nn.Module, wave: torch.Tensor, levels: str = "0") -> 
     with torch.no_grad():
         y = net(wave)
     if isinstance(y, list):  # MART
-        outs = [y[0][:, 0]] + (list(y[1:]) if levels == "all" else [])
+        outs = [window_vectors(y)] + (list(y[1:]) if levels == "all" else [])
     else:
         outs = [y]
     return [o.float().numpy() for o in outs]

@@ -35,6 +35,9 @@ import os
 import torch
 from torch import nn
 
+from .models import window_vectors
+from .windows import window_starts
+
 __all__ = ["HOP_MS", "HearModel", "get_scene_embeddings", "get_timestamp_embeddings", "load_model"]
 
 HOP_MS = 50.0
@@ -70,10 +73,7 @@ class HearModel(nn.Module):
         return next(self.net.parameters()).device
 
     def forward(self, windows: torch.Tensor) -> torch.Tensor:
-        out = self.net(windows)
-        if isinstance(out, list):  # MART: per-level (B, M^n, D); level 0 is the window vector
-            out = out[0][:, 0]
-        return out.float()
+        return window_vectors(self.net(windows)).float()
 
     def embed_windows(self, windows: torch.Tensor) -> torch.Tensor:
         """(n, window_samples) on any device -> (n, D) on the model's device, in batches."""
@@ -114,18 +114,6 @@ def _check(audio: torch.Tensor, model: HearModel) -> None:
         raise ValueError(f"audio must be a float tensor (got {audio.dtype})")
 
 
-def scene_window_starts(n_samples: int, window: int) -> list[int]:
-    """Start samples of the windows :meth:`musicembed.Model.embed` averages for a sound of
-    ``n_samples``: non-overlapping windows, plus an end-aligned one for a tail of at least half
-    a window; a sound shorter than a window gives one window at 0 (zero-padded)."""
-    if n_samples < window:
-        return [0]
-    starts = list(range(0, n_samples - window + 1, window))
-    if n_samples - (starts[-1] + window) >= window // 2:
-        starts.append(n_samples - window)
-    return starts
-
-
 def get_scene_embeddings(audio: torch.Tensor, model: HearModel) -> torch.Tensor:
     """audio (n_sounds, n_samples) at ``model.sample_rate`` -> (n_sounds, scene_embedding_size) float32.
 
@@ -138,7 +126,7 @@ def get_scene_embeddings(audio: torch.Tensor, model: HearModel) -> torch.Tensor:
     x = audio.float()
     if n_samples < w:
         x = nn.functional.pad(x, (0, w - n_samples))
-    starts = scene_window_starts(n_samples, w)
+    starts = window_starts(n_samples, w)
     windows = torch.stack([x[:, s : s + w] for s in starts], dim=1)  # (n_sounds, n_windows, w)
     with torch.no_grad():
         vecs = model.embed_windows(windows.reshape(-1, w))

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from .errors import MusicEmbedError
+from .windows import cut
 
 DEFAULT_SIZE = (1400, 800)  # pixels
 DPI = 100
@@ -55,21 +56,6 @@ def _excerpt(model, audio, sample_rate: int | None, start: float, duration: floa
         raise ValueError(f"--start {start:g} s is past the end of the audio ({len(x) / sr:.2f} s)")
     b = len(x) if not duration else min(len(x), a + int(round(duration * sr)))
     return x[a:b], a / sr
-
-
-def _windows(x: np.ndarray, window: int) -> list[tuple[int, np.ndarray]]:
-    """Non-overlapping windows as ``Model.embed`` cuts them: a tail of at least half a window
-    becomes one more window aligned to the end; audio shorter than a window is zero-padded."""
-    n = len(x)
-    if n <= window:
-        pad = np.zeros(window, np.float32)
-        pad[:n] = x
-        return [(0, pad)]
-    out = [(s, x[s:s + window]) for s in range(0, n - window + 1, window)]
-    covered = out[-1][0] + window
-    if n - covered >= window // 2:
-        out.append((n - window, x[n - window:]))
-    return out
 
 
 def _unit(v: torch.Tensor) -> torch.Tensor:
@@ -140,7 +126,7 @@ def pemr_importance(model, audio, sample_rate: int | None = None, *, start: floa
                     segment_seconds: float = 0.25) -> FrameImportance:
     """Per-frame importance of a PEMR model on an excerpt of ``audio`` (see module docstring).
 
-    ``masks`` is a :class:`~musicembed.models.pemr_masks.MaskGenerator` (see
+    ``masks`` is a :class:`~musicembed.train.masks.MaskGenerator` (see
     :func:`load_mask_generator`) or None for occlusion importance.
     """
     if model.config.method != "pemr":
@@ -149,7 +135,7 @@ def pemr_importance(model, audio, sample_rate: int | None = None, *, start: floa
     sr, window, hop = model.sample_rate, model.config.window_samples, model.config.frontend.hop_length
     net = model.net
     dev = model.device
-    wins = _windows(x, window)
+    wins = cut(x, window)
     waves = torch.from_numpy(np.stack([w for _, w in wins])).to(dev)
     mels = net.frontend(waves)  # (W, n_mels, L)
     n_frames = mels.shape[-1]

@@ -620,14 +620,14 @@ except EmbedError as e:
 
 
 def test_a_decode_thread_failure_is_raised_not_waited_for(model, tmp_path, monkeypatch):
-    """Whatever kills the decoding thread reaches the caller as an exception."""
-    import musicembed.model as embedder
+    """Whatever breaks the decoding reaches the caller as an exception."""
+    import musicembed.pipeline as pipeline
 
     def broken(*a, **k):
         yield 0, np.zeros(100, np.float32)
         raise RuntimeError("decoder exploded")
 
-    monkeypatch.setattr(embedder, "stream_many", broken)
+    monkeypatch.setattr(pipeline, "stream_many", broken)
     with pytest.raises(RuntimeError, match="decoder exploded"):
         call_with_timeout(lambda: model.embed([tmp_path / "a.wav", tmp_path / "b.wav"]))
 

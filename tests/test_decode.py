@@ -97,14 +97,10 @@ def test_production_blocks_of_a_longer_file(tmp_path, ext, fmt):
     assert sum(k == "block" for _, k, _ in many) == 6
 
 
-def test_embed_identical_with_and_without_decode_threads(files, pemr_dir, monkeypatch):
-    import musicembed.audio as audio
-
+def test_embed_identical_with_and_without_decode_threads(files, pemr_dir):
     model = load_model(pemr_dir, device="cpu")
-    monkeypatch.setattr(audio, "DECODE_THREADS", 1)
-    one = model.embed(files, return_timestamps=True)
-    monkeypatch.setattr(audio, "DECODE_THREADS", 2)
-    two = model.embed(files, return_timestamps=True)
+    one = model.embed(files, return_timestamps=True, decode_threads=1)
+    two = model.embed(files, return_timestamps=True, decode_threads=2)
     for a, b in zip(one, two):
         np.testing.assert_array_equal(a.vectors, b.vectors)
         np.testing.assert_array_equal(a.starts, b.starts)

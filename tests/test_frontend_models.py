@@ -10,6 +10,7 @@ import torch
 import torchaudio
 
 from audio_fixtures import tiny_mart_config, tiny_pemr_config, tone
+from musicembed.windows import level_spans
 from musicembed.config import FrontendConfig, ModelConfig, mart_config, pemr_config
 from musicembed.frontend import LogMel, mel_filterbank
 from musicembed.models import MARTModel, PEMRModel, build_model
@@ -80,8 +81,8 @@ def test_mart_levels_have_equal_mel_size_and_spans():
     with torch.no_grad():
         levels = net(wave)
     assert [tuple(lv.shape) for lv in levels] == [(2, 1, 32), (2, 2, 32), (2, 4, 32)]
-    spans = net.level_spans(cfg.window_samples)
-    assert spans[2] == [(0, 4000), (4000, 8000), (8000, 12000), (12000, 16000)]
+    spans = level_spans(cfg.mart_levels())
+    assert spans[2].tolist() == [[0, 4000], [4000, 8000], [8000, 12000], [12000, 16000]]
 
 
 def test_mart_part_clip_is_the_same_audio_as_its_crop():

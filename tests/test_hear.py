@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from musicembed import hear, load_model
+from musicembed.windows import window_starts
 
 SR = 16000  # the tiny models' rate
 
@@ -102,11 +103,11 @@ def test_scene_embeddings_match_model_embed(which, seconds, hear_pemr, hear_mart
     np.testing.assert_allclose(scene.numpy(), ref, atol=1e-4, rtol=1e-4)
 
 
-def test_scene_window_starts_follow_embed():
-    assert hear.scene_window_starts(100, 1000) == [0]
-    assert hear.scene_window_starts(1000, 1000) == [0]
-    assert hear.scene_window_starts(2400, 1000) == [0, 1000]  # tail 400 < half a window: dropped
-    assert hear.scene_window_starts(2500, 1000) == [0, 1000, 1500]  # tail 500: end-aligned window
+def test_window_starts_follow_embed():
+    assert window_starts(100, 1000) == [0]
+    assert window_starts(1000, 1000) == [0]
+    assert window_starts(2400, 1000) == [0, 1000]  # tail 400 < half a window: dropped
+    assert window_starts(2500, 1000) == [0, 1000, 1500]  # tail 500: end-aligned window
 
 
 def test_bad_inputs(hear_pemr):

@@ -1,5 +1,5 @@
-"""The inference copy of the network (musicembed/inference.py): BatchNorm folding and
-channels_last are faithful in float32, fast mode stays within cosine 0.999, compile failures
+"""The inference copy of the network (musicembed/optimize.py): BatchNorm folding and
+channels_last are faithful in float32, compiled and bfloat16 stay close to it, compile failures
 fall back, and device handling works without a GPU. Real audio, real forward passes."""
 
 from __future__ import annotations
@@ -70,58 +70,66 @@ def test_embed_uses_the_folded_copy_and_matches_the_plain_network(pemr_dir, musi
     e = model.embed(music, return_timestamps=True)
     assert model.inference_mode.startswith("float32, BN folded")
     plain = load_model(pemr_dir, device="cpu")
-    plain._prepared, plain._prepared_device = Prepared(plain.net, None, "plain"), plain.device
+    plain._prepared[plain.device] = Prepared(plain.net, None, "plain")
     ref = plain.embed(music, return_timestamps=True)
     np.testing.assert_allclose(e.vectors, ref.vectors, rtol=1e-4, atol=1e-5)
     assert model.fingerprint() == before
 
 
-@pytest.fixture()
-def compile_on_cpu(monkeypatch):
-    """Let fast mode try torch.compile on this CPU (off by default there, see COMPILE_ON_CPU)."""
-    import musicembed.optimize as inference
+def test_fast_without_native_bfloat16_on_cpu_changes_nothing(pemr_dir, music, monkeypatch):
+    import musicembed.optimize as optimize
 
-    monkeypatch.setattr(inference, "COMPILE_ON_CPU", True)
-
-
-def test_fast_mode_without_a_faster_candidate_runs_the_default(pemr_dir, music, monkeypatch):
-    import musicembed.optimize as inference
-
-    monkeypatch.setattr(inference, "COMPILE_ON_CPU", False)
-    monkeypatch.setattr(inference, "native_bf16", lambda device: False)
-    monkeypatch.setattr(torch, "compile", lambda *a, **k: pytest.fail("compiled on a CPU without COMPILE_ON_CPU"))
+    monkeypatch.setattr(optimize, "native_bf16", lambda device: False)
+    monkeypatch.setattr(torch, "compile", lambda *a, **k: pytest.fail("--fast compiled on a CPU"))
     fast = load_model(pemr_dir, device="cpu", fast=True)
     got = fast.embed(music)
-    assert fast.inference_mode.endswith("(fast mode: nothing measured faster on this CPU)")
+    assert fast.inference_mode == "float32, BN folded, channels_last"
     np.testing.assert_array_equal(got, load_model(pemr_dir, device="cpu").embed(music))
 
 
-def test_fast_mode_close_to_float32(pemr_dir, music, compile_on_cpu):
-    default = load_model(pemr_dir, device="cpu")
+def test_fast_is_an_alias_that_explicit_options_override(pemr_dir, monkeypatch):
+    import musicembed.optimize as optimize
+
+    monkeypatch.setattr(optimize, "native_bf16", lambda device: True)
     fast = load_model(pemr_dir, device="cpu", fast=True)
+    assert (fast.compile, fast.bfloat16) == (False, True)  # compile only on CUDA
+    assert load_model(pemr_dir, device="cpu", fast=True, bfloat16=False).bfloat16 is False
+    assert load_model(pemr_dir, device="cpu", compile=True).compile is True
+
+
+def test_compiled_close_to_float32(pemr_dir, music):
+    default = load_model(pemr_dir, device="cpu")
+    compiled = load_model(pemr_dir, device="cpu", compile=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # inductor's note on complex ops (the STFT stays in eager code)
-        b = fast.embed(music, return_timestamps=True, batch_size=4)
+        b = compiled.embed(music, return_timestamps=True, batch_size=4)
     a = default.embed(music, return_timestamps=True, batch_size=4)
     assert a.vectors.shape == b.vectors.shape  # the short last batch was padded, and the padding dropped
     cos = (a.vectors * b.vectors).sum(1) / np.linalg.norm(a.vectors, axis=1) / np.linalg.norm(b.vectors, axis=1)
-    assert cos.min() >= 0.999, fast.inference_mode
-    assert "compiled" in fast.inference_mode or "not compiled" in fast.inference_mode
-    if not native_bf16(torch.device("cpu")):
-        assert "bfloat16" not in fast.inference_mode  # emulated bfloat16 is slower: never chosen
+    assert cos.min() >= 0.999, compiled.inference_mode
+    assert "compiled" in compiled.inference_mode  # "compiled (inductor...)" or "not compiled (compiling failed)"
 
 
-def test_fast_mode_falls_back_when_compiling_fails(pemr_dir, music, monkeypatch, compile_on_cpu):
+def test_bfloat16_autocast_close_to_float32(pemr_dir, music):
+    default = load_model(pemr_dir, device="cpu")
+    bf16 = load_model(pemr_dir, device="cpu", bfloat16=True)
+    a, b = default.embed(music), bf16.embed(music)
+    assert bf16.inference_mode.startswith("bfloat16 autocast, BN folded")
+    assert float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) >= 0.99
+    assert not np.array_equal(a, b)  # autocast did run in bfloat16
+
+
+def test_compile_falls_back_when_compiling_fails(pemr_dir, music, monkeypatch):
     def broken_compile(module, **kwargs):
         def run(x):
             raise RuntimeError("no C++ compiler found")
         return run
 
     monkeypatch.setattr(torch, "compile", broken_compile)
-    fast = load_model(pemr_dir, device="cpu", fast=True)
+    compiled = load_model(pemr_dir, device="cpu", compile=True)
     with pytest.warns(RuntimeWarning, match="torch.compile failed"):
-        got = fast.embed(music)
-    assert "not compiled" in fast.inference_mode
+        got = compiled.embed(music)
+    assert compiled.inference_mode.endswith("not compiled (compiling failed)")
     np.testing.assert_allclose(got, load_model(pemr_dir, device="cpu").embed(music), rtol=1e-5, atol=1e-6)
 
 
@@ -136,23 +144,23 @@ def test_fold_keeps_the_input_and_handles_other_networks():
 def test_device_handling_without_a_gpu(pemr_dir):
     model = load_model(pemr_dir, device="cpu")
     window = model.config.window_samples
-    batch = [(0, 0, np.ones(window, np.float32)), (1, 0, np.full(window, 2, np.float32))]
-    x = _to_device(batch, 4, window, torch.device("cpu"))
+    batch = [np.ones(window, np.float32), np.full(window, 2, np.float32)]
+    x = _to_device(batch, 4, torch.device("cpu"), torch.empty(4, window))
     assert x.shape == (4, window) and x.dtype == torch.float32 and x.device.type == "cpu"
     assert (x[0] == 1).all() and (x[1] == 2).all() and (x[2:] == 0).all()  # padding rows are zeros
     # 'meta' tensors carry shapes and devices but no data: the prepared copy lives wholly
     # on the requested device and computes the right output shape there.
     p = prepare(model.net, torch.device("meta"))
     assert {t.device.type for t in p.net.parameters()} == {"meta"}
-    out = p.net(_to_device(batch, 2, window, torch.device("meta")))
+    out = p.net(_to_device(batch, 2, torch.device("meta"), torch.empty(2, window)))
     assert out.device.type == "meta" and out.shape == (2, model.embedding_dim)
     # moving the model rebuilds the inference copy on the new device at the next batch
     model.embed(tone(seconds=1.0), sample_rate=SR)
-    first = model._prepared
+    first = model._prepared[torch.device("cpu")]
     model.to("cpu")
-    assert model._prepared is None
+    assert model._prepared == {}
     model.embed(tone(seconds=1.0), sample_rate=SR)
-    assert model._prepared is not first and model._prepared_device == torch.device("cpu")
+    assert model._prepared[torch.device("cpu")] is not first
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -163,17 +171,14 @@ def test_cuda_matches_cpu(pemr_dir, music):
     assert gpu._inference().net.encoder.blocks[0][0].weight.device.type == "cuda"
 
 
-def test_model_threads_lowered_while_embedding_and_restored(pemr_dir, music, monkeypatch):
+def test_model_threads_lowered_while_embedding_and_restored(pemr_dir, music):
     import os
 
-    import musicembed.audio as audio
-
     model = load_model(pemr_dir, device="cpu")
-    monkeypatch.setattr(audio, "DECODE_THREADS", 1)
     old = torch.get_num_threads()
     try:
         torch.set_num_threads(os.cpu_count() or 1)
-        gen = model.iter_embed([music, music])
+        gen = model.iter_embed([music, music], decode_threads=1)
         next(gen)
         assert torch.get_num_threads() == max(1, (os.cpu_count() or 1) - 1)  # one core left to decoding
         list(gen)
@@ -190,7 +195,7 @@ def test_copy_shares_the_weights_it_does_not_change(mart_dir):
     assert isinstance(model.net.encoder.blocks[0][1], nn.BatchNorm2d)  # the original keeps its BatchNorm
 
 
-def test_cli_fast_flag(pemr_dir, music, monkeypatch, compile_on_cpu):
+def test_cli_compile_flag(pemr_dir, music, monkeypatch):
     import json
 
     from click.testing import CliRunner
@@ -198,26 +203,8 @@ def test_cli_fast_flag(pemr_dir, music, monkeypatch, compile_on_cpu):
     from musicembed.cli import cli
 
     monkeypatch.setattr(torch, "compile", lambda module, **kw: (lambda x: (_ for _ in ()).throw(RuntimeError("no compiler"))))
-    r = CliRunner().invoke(cli, ["embed", str(music), "-m", str(pemr_dir), "--fast", "--json"])
+    r = CliRunner().invoke(cli, ["embed", str(music), "-m", str(pemr_dir), "--compile", "--json"])
     assert r.exit_code == 0, r.output
+    assert "torch.compile failed" in r.stderr
     got = np.asarray(json.loads(r.stdout)["embedding"], np.float32)
-    np.testing.assert_allclose(got, load_model(pemr_dir, device="cpu").embed(music), rtol=1e-5, atol=1e-6)
-
-
-def test_fast_mode_keeps_the_faster_model(pemr_dir, music, monkeypatch, compile_on_cpu):
-    """The pick is measured: a 'compiled' model that is slower than eager is not used."""
-    import time
-
-    def slow_compile(module, **kwargs):
-        def run(x):
-            time.sleep(0.05)
-            return module(x)
-        return run
-
-    monkeypatch.setattr(torch, "compile", slow_compile)
-    fast = load_model(pemr_dir, device="cpu", fast=True)
-    got = fast.embed(music)
-    assert fast.inference_mode.endswith("not compiled (the compiled model was not faster here)")
-    timings = next(iter(fast._inference().net.timings.values()))
-    assert len(timings) == 2 and min(timings, key=timings.get).startswith("float32, BN folded")
     np.testing.assert_allclose(got, load_model(pemr_dir, device="cpu").embed(music), rtol=1e-5, atol=1e-6)

@@ -11,6 +11,7 @@ import torch
 
 from musicembed import load_model
 from musicembed.audio import load_audio
+from musicembed.windows import level_spans
 from musicembed.config import ModelConfig, mart_config, pemr_config
 from musicembed.models import build_model
 from musicembed.train.config import resolve
@@ -60,7 +61,7 @@ def test_every_quarter_second_reaches_each_mart_level_vector_covering_it() -> No
     part = int(PART_S * cfg.sample_rate)
     with torch.no_grad():
         ref = net(wave)
-        spans = net.level_spans(cfg.window_samples)
+        spans = level_spans(cfg.mart_levels())
         for start in range(0, cfg.window_samples, part):
             out = net(_with_noise(wave, start, part))
             for level, (vecs, ref_vecs) in enumerate(zip(out, ref)):

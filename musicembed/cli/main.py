@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any, NoReturn
 
 import click
 import numpy as np
@@ -79,8 +80,28 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     click.echo(f"warning: {message}", err=True)
 
 
-def _fail(msg: str) -> None:
+def fail(msg: str) -> NoReturn:
+    """Stop the command: one error line, exit code 2 (nothing written)."""
     raise Fatal(msg)
+
+
+def report_failures(failures: list[tuple[str, str]]) -> None:
+    """List the inputs that failed, then exit 1 (the others were written); nothing when none did."""
+    if failures:
+        click.echo(f"\n{len(failures)} input(s) failed:", err=True)
+        for path, reason in failures:
+            click.echo(f"  {path}: {reason}", err=True)
+        sys.exit(EXIT_FAILED_INPUTS)
+
+
+def load_model_or_fail(name: str, device: str | None, **options: Any):
+    """:func:`musicembed.load_model`, or :func:`fail` with its one-line reason."""
+    from ..model import load_model
+
+    try:
+        return load_model(name, device=device, **options)
+    except (MusicEmbedError, ValueError) as e:  # ValueError: an unusable --device
+        fail(str(e))
 
 
 @cli.command()
@@ -97,10 +118,17 @@ def _fail(msg: str) -> None:
 @click.option("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available).")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Windows per forward pass.")
 @click.option("--fast", is_flag=True,
-              help="Time the default model against a compiled one (torch.compile, freezing) and, where the hardware "
-                   "has native bfloat16, bfloat16 at the first batch, and keep the fastest: for large catalogs; "
-                   "vectors within cosine 0.999 of the default. The first batch compiles (tens of seconds); where "
-                   "compiling fails it warns and runs the default model.")
+              help="Alias of the speed options that suit the device: --compile on a GPU, --bfloat16 where the "
+                   "hardware computes it natively; on other CPUs nothing changes. Vectors within cosine 0.999.")
+@click.option("--compile/--no-compile", "compile_", default=None,
+              help="torch.compile the network (the first batch compiles, tens of seconds; falls back with a "
+                   "warning where compiling fails).")
+@click.option("--bfloat16/--no-bfloat16", default=None,
+              help="bfloat16 autocast (fast only on GPUs and CPUs with native bfloat16).")
+@click.option("--decode-threads", type=click.IntRange(min=1), help="Threads decoding files ahead of the model "
+              "(default: 2, 1 on a single core).")
+@click.option("--threads", type=click.IntRange(min=1), help="Torch threads for the model on CPU (default: the "
+              "cores the decoding threads leave, at least 1).")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON lines (when not writing --out).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
 @click.option("--shard", "shard_spec", metavar="K/N",
@@ -115,8 +143,9 @@ def _fail(msg: str) -> None:
                    "after files were replaced keeping their size and modification time.")
 def embed(paths: tuple[Path, ...], recursive: bool, model_name: str, out: Path | None, timestamps: bool,
           hierarchical: bool, window_seconds: float | None, hop_seconds: float | None, device: str | None,
-          batch_size: int | None, fast: bool, as_json: bool, progress: bool | None, shard_spec: str | None,
-          resume: bool, rehash: bool) -> None:
+          batch_size: int | None, fast: bool, compile_: bool | None, bfloat16: bool | None,
+          decode_threads: int | None, threads: int | None, as_json: bool, progress: bool | None,
+          shard_spec: str | None, resume: bool, rehash: bool) -> None:
     """Embed audio files (WAV, FLAC, OGG, MP3, ...) and folders.
 
     Files that fail are reported on stderr with the reason; every other file is still
@@ -135,116 +164,42 @@ def embed(paths: tuple[Path, ...], recursive: bool, model_name: str, out: Path |
       musicembed embed music/ -r --out catalog.npz --model mart --hierarchical
       musicembed embed music/ -r --out catalog.npz --resume
     """
-    from ..audio import find_audio_files
-    from ..model import load_model
-    from ..io.writers import FORMATS, check_options, to_json, write_results
+    from ..catalog.job import JobError, JobOptions, run_job
+    from ..io.writers import to_json
 
-    if out is not None and out.suffix.lower() not in FORMATS:
-        _fail(f"--out must end in one of {', '.join(FORMATS)} (got {out.name!r})")
-    if out is not None:
-        try:
-            check_options(out, windows=timestamps, levels=hierarchical)
-        except ValueError as e:
-            _fail(str(e))
-    if resume and out is None:
-        _fail("--resume needs --out FILE: it continues the interrupted run that was writing FILE")
-    if rehash and not resume:
-        _fail("--rehash is an option of --resume: it decides which recorded results are reused")
-    files, problems = find_audio_files(list(paths), recursive=recursive, report_unsupported=True)
-    selection = None
-    if shard_spec is not None:  # the sharding logic lives in musicembed/shard.py
-        from ..catalog.shard import ShardError, catalog_of, parse_spec
+    opts = JobOptions(recursive=recursive, out=out, timestamps=timestamps, hierarchical=hierarchical,
+                      window_seconds=window_seconds, hop_seconds=hop_seconds, batch_size=batch_size,
+                      decode_threads=decode_threads, threads=threads, progress=progress, shard=shard_spec,
+                      resume=resume, rehash=rehash)
 
-        if out is not None and out.suffix.lower() != ".npz":
-            _fail("--shard needs --out FILE.npz (or no --out): merge reads the shard metadata stored there")
-        try:
-            selection = catalog_of(files, paths, problems).select(parse_spec(shard_spec))
-        except ShardError as e:
-            _fail(str(e))
-        files = selection.files
+    def load():
+        return load_model_or_fail(model_name, device, fast=fast, compile=compile_, bfloat16=bfloat16)
+
+    def show(res) -> None:
+        if out is None:
+            click.echo(json.dumps(to_json(res, timestamps, hierarchical)) if as_json
+                       else _format_result(res, timestamps, hierarchical))
+
     try:
-        model = load_model(model_name, device=device, fast=fast)
-    except (MusicEmbedError, ValueError) as e:  # ValueError: an unusable --device
-        _fail(str(e))
-    if hierarchical and model.config.method != "mart":
-        _fail(f"--hierarchical needs a MART model (--model mart); {model_name!r} is {model.config.method}")
-    store, keys, finished = None, [None] * len(files), {}
-    if out is not None:  # finished files go to OUT.partial one by one, so an interrupted run can --resume
-        from dataclasses import replace
-
-        from ..io.resume import PartialStore, StoreError, file_key, run_settings
-
-        try:
-            store, done, note = PartialStore.open(out, run_settings(
-                model, window_seconds=window_seconds, hop_seconds=hop_seconds, timestamps=timestamps,
-                hierarchical=hierarchical), resume)
-        except StoreError as e:
-            _fail(str(e))
-        click.get_current_context().call_on_close(store.close)
-        if note:
-            click.echo(note, err=True)
-        keys = [file_key(f) for f in files]
-        reuse = {i: store.reusable(k, done, rehash) for i, k in enumerate(keys)}
-        finished = {i: replace(e, source=str(files[i])) for i, e in reuse.items() if e is not None}
-        if resume:
-            click.echo(f"resuming: {len(finished)} of {len(files)} file(s) already embedded; "
-                       f"embedding the other {len(files) - len(finished)}", err=True)
-    todo = [i for i in range(len(files)) if i not in finished]
-    failures: list[tuple[str, str]] = list(problems)
-    try:
-        for j, res in model.iter_embed([files[i] for i in todo], hierarchical=hierarchical,
-                                       window_seconds=window_seconds, hop_seconds=hop_seconds,
-                                       batch_size=batch_size, progress=progress):
-            i = todo[j]
-            if isinstance(res, MusicEmbedError):
-                failures.append((str(files[i]), getattr(res, "reason", str(res))))
-                click.echo(f"error: {res}", err=True)
-                continue
-            if res.warning:
-                click.echo(f"warning: {res.source}: {res.warning}", err=True)
-            if out is not None and not timestamps:  # keep only what the output holds: memory stays small
-                res = replace(res, vectors=res.vectors[:0], starts=res.starts[:0], ends=res.ends[:0])
-            finished[i] = res
-            if store is not None and keys[i] is not None:
-                try:
-                    store.append(keys[i], res)
-                except OSError as e:
-                    _fail(f"{store.path}: cannot record results ({e.strerror or e}); what was recorded before "
-                          "is kept: free space or fix permissions, then rerun with --resume")
-            if out is None:
-                if as_json:
-                    click.echo(json.dumps(to_json(res, timestamps, hierarchical)))
-                else:
-                    _print_result(res, timestamps, hierarchical)
-    except ValueError as e:
-        _fail(str(e))
-    results = [finished[i] for i in sorted(finished)]
+        report = run_job(paths, load, opts, on_result=show, on_error=lambda m: click.echo(f"error: {m}", err=True),
+                         on_note=lambda m: click.echo(m, err=True))
+    except JobError as e:
+        fail(str(e))
     if out is not None:
-        extra = selection.arrays([r.source for r in results], failures) if selection is not None else None
-        try:
-            write_results(out, results, model.embedding_dim, model.name, windows=timestamps, levels=hierarchical,
-                          extra=extra)
-        except OSError as e:
-            _fail(f"cannot write {out} ({e.strerror or e}); the {len(results)} results are kept in {store.path}: "
-                  "fix this, then rerun the same command with --resume")
-        store.remove()
-        click.echo(f"wrote {len(results)} embeddings ({model.embedding_dim}-d, model {model.name}) to {out}", err=True)
-    if failures:
-        click.echo(f"\n{len(failures)} input(s) failed:", err=True)
-        for path, reason in failures:
-            click.echo(f"  {path}: {reason}", err=True)
-        sys.exit(EXIT_FAILED_INPUTS)
+        click.echo(f"wrote {report.written} embeddings ({report.dim}-d, model {report.model}) to {out}", err=True)
+    report_failures(report.failures)
 
 
-def _print_result(res, timestamps: bool, hierarchical: bool) -> None:
+def _format_result(res, timestamps: bool, hierarchical: bool) -> str:
     head = np.array2string(res.clip[:6], precision=4, separator=", ", suppress_small=True)
-    click.echo(f"{res.source}: shape {res.clip.shape} duration {res.duration:.2f}s  {head[:-1]}, ...]")
+    lines = [f"{res.source}: shape {res.clip.shape} duration {res.duration:.2f}s  {head[:-1]}, ...]"]
     if timestamps:
         for v, s, e in zip(res.vectors, res.starts, res.ends):
-            click.echo(f"  window {s:8.2f}-{e:8.2f}s  {np.array2string(v[:4], precision=4, separator=', ')[:-1]}, ...]")
+            lines.append(f"  window {s:8.2f}-{e:8.2f}s  {np.array2string(v[:4], precision=4, separator=', ')[:-1]}, ...]")
     if hierarchical and res.levels:
         for lv in res.levels:
-            click.echo(f"  level {lv.level}: {len(lv.vectors)} segments of {lv.ends[0] - lv.starts[0]:.3f}s")
+            lines.append(f"  level {lv.level}: {len(lv.vectors)} segments of {lv.ends[0] - lv.starts[0]:.3f}s")
+    return "\n".join(lines)
 
 
 @cli.command()
@@ -319,9 +274,9 @@ def download(name: str, force: bool) -> None:
     try:
         res = hub.resolve(name, force_download=force)
     except hub.HubUnreachableError as e:  # its remedy would be this very command
-        _fail(f"{e.problem}: connect to the network (or unset HF_HUB_OFFLINE) and try again")
+        fail(f"{e.problem}: connect to the network (or unset HF_HUB_OFFLINE) and try again")
     except MusicEmbedError as e:
-        _fail(str(e))
+        fail(str(e))
     click.echo(f"{name}: ok ({res.weights})")
 
 
@@ -380,7 +335,7 @@ def convert_pemr_official(checkpoint: Path, out: Path) -> None:
     try:
         folder = run(checkpoint, out)
     except MusicEmbedError as e:
-        _fail(str(e))
+        fail(str(e))
     click.echo(f"wrote {folder / 'config.json'} and {folder / 'model.safetensors'}")
 
 
@@ -403,9 +358,9 @@ def publish(name: str, repo_id: str, private: bool, token: str | None) -> None:
         model = load_model(name, device="cpu")
         url = model.push_to_hub(repo_id, token=token, private=private)
     except MusicEmbedError as e:
-        _fail(str(e))
+        fail(str(e))
     except Exception as e:  # network / auth errors from huggingface_hub
-        _fail(f"upload to {repo_id} failed: {e}")
+        fail(f"upload to {repo_id} failed: {e}")
     click.echo(f"published {name} to {repo_id}: {url}")
 
 
@@ -445,7 +400,7 @@ def export_command(name: str, fmt: str, out: Path, levels: str, tolerance: float
     try:
         res = export(name, out, fmt, levels=levels, verify=not no_verify, tolerance=tolerance)
     except (MusicEmbedError, RuntimeError, ValueError) as e:  # bad model, missing extra, failed check
-        _fail(str(e))
+        fail(str(e))
     check = ("not verified" if no_verify else
              "not verified: onnxruntime is not installed" if res.max_abs_diff is None else
              f"max abs diff vs PyTorch {res.max_abs_diff:.2g}")

@@ -23,7 +23,8 @@ from torch.utils.data import DataLoader, Dataset
 from .. import hub
 from ..audio import AudioInput, load_audio
 from ..model import load_model
-from ..models import build_model
+from ..models import build_model, window_vectors
+from ..windows import cut
 from .metrics import classification_metrics, tagging_metrics
 from .probes import TASKS, Task
 from .systems import RANDOM_PREFIX
@@ -96,10 +97,7 @@ class WaveformDataset(Dataset):
             wave = np.pad(wave, (0, self.crop - wave.size))
         label = torch.as_tensor(np.asarray(self.items[i][1]))
         if self.windows:
-            starts = list(range(0, wave.size - self.crop + 1, self.crop))
-            if starts[-1] + self.crop < wave.size:
-                starts.append(wave.size - self.crop)
-            return torch.from_numpy(np.stack([wave[s : s + self.crop] for s in starts])), label
+            return torch.from_numpy(np.stack([w for _, w in cut(wave, self.crop)])), label
         rng = np.random.default_rng((self.seed, self.epoch, i))
         s = int(rng.integers(0, wave.size - self.crop + 1))
         return torch.from_numpy(np.ascontiguousarray(wave[s : s + self.crop])), label
@@ -126,7 +124,7 @@ class ClipEncoder(nn.Module):
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         out = self.net(wave)
-        return out[0][:, 0] if isinstance(out, list) else out
+        return window_vectors(out)
 
 
 def model_encoder_factory(ref: str) -> tuple[Callable[[], nn.Module], int, int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from ..config import ModelConfig
@@ -16,4 +17,10 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     return MARTModel(cfg)
 
 
-__all__ = ["MARTModel", "PEMRModel", "build_model"]
+def window_vectors(out: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+    """(B, D) window vectors from a network's output: PEMR's output itself; for MART's
+    per-level list [(B, M^n, D), ...], level 0 (one clip per window)."""
+    return out[0][:, 0] if isinstance(out, list) else out
+
+
+__all__ = ["MARTModel", "PEMRModel", "build_model", "window_vectors"]

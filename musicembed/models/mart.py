@@ -122,34 +122,30 @@ class MARTModel(nn.Module):
         self.encoder = FCN(cfg.encoder)
         self.pwt = PartWholeTransformer(cfg.embedding_dim, cfg.mart) if cfg.mart.use_pwt else None
 
-    def level_mels(self, wave: torch.Tensor) -> list[torch.Tensor]:
+    def level_mels(self, wave: torch.Tensor, frontend: nn.Module | None = None) -> list[torch.Tensor]:
         """wave (B, samples) -> per level n, (B * M^n, n_mels, frames) log-mels
-        (geometry: :meth:`~musicembed.config.ModelConfig.mart_levels`; the first ``frames``
-        frames of each clip are kept)."""
+        (geometry: :func:`musicembed.windows.mart_levels`; the first ``frames`` frames of
+        each clip are kept). ``frontend`` replaces the model's log-mel (export uses a real-valued one)."""
+        frontend = self.frontend if frontend is None else frontend
         frames = self.cfg.mart.frames
-        b, samples = wave.shape
         out = []
-        for lv in self.cfg.mart_levels(samples):
-            crops = wave[:, : lv.clip * lv.count].reshape(b * lv.count, lv.clip)
-            out.append(self.frontend(crops, hop_length=lv.hop)[..., :frames])
+        for lv in self.cfg.mart_levels(wave.shape[-1]):
+            crops = wave[:, : lv.clip * lv.count].reshape(-1, lv.clip)  # -1: the batch stays dynamic in exports
+            out.append(frontend(crops, hop_length=lv.hop)[..., :frames])
         return out
 
-    def encode_levels(self, wave: torch.Tensor) -> list[torch.Tensor]:
-        b = wave.shape[0]
-        mels = self.level_mels(wave)
+    def encode_levels(self, wave: torch.Tensor, frontend: nn.Module | None = None) -> list[torch.Tensor]:
+        """wave (B, samples) -> the encoder's vectors per level, (B, M^n, D), before the part-whole transformer."""
+        mels = self.level_mels(wave, frontend)
         # One encoder call for all levels: every level's log-mel has the same size.
         z = self.encoder(torch.cat(mels, dim=0))
         out, start = [], 0
-        for mel in mels:
+        for lv, mel in zip(self.cfg.mart_levels(wave.shape[-1]), mels):
             n = mel.shape[0]
-            out.append(z[start : start + n].view(b, n // b, -1))
+            out.append(z[start : start + n].reshape(-1, lv.count, z.shape[-1]))
             start += n
         return out
 
-    def forward(self, wave: torch.Tensor) -> list[torch.Tensor]:
-        levels = self.encode_levels(wave)
+    def forward(self, wave: torch.Tensor, frontend: nn.Module | None = None) -> list[torch.Tensor]:
+        levels = self.encode_levels(wave, frontend)
         return self.pwt(levels) if self.pwt is not None else levels
-
-    def level_spans(self, samples: int) -> list[list[tuple[int, int]]]:
-        """Per level, each clip's (start, end) in samples within a window of ``samples``."""
-        return [[(i * lv.clip, (i + 1) * lv.clip) for i in range(lv.count)] for lv in self.cfg.mart_levels(samples)]
