@@ -165,9 +165,9 @@ def stage_breakdown(model, path: Path, batch_size: int | None, repeat: int) -> d
     window = model.config.window_samples
     n = len(mono) // window
     wins = torch.from_numpy(np.ascontiguousarray(mono[: n * window].reshape(n, window)))
-    from musicembed.model import DEFAULT_CPU_BATCH_BY_METHOD
+    from musicembed.pipeline import default_batch_size
 
-    bs = batch_size or DEFAULT_CPU_BATCH_BY_METHOD.get(model.config.method, 4)
+    bs = batch_size or default_batch_size(model.config.method, torch.device("cpu"))
     prepared = model._inference()
     net = prepared.net
     eager = getattr(net, "eager", net)
@@ -321,25 +321,18 @@ def ablation(name: str, mp3: Path) -> dict:
         def dec(k=k):
             return sum(len(b) for _, b in audio.stream_many([mp3], sr, threads=k) if isinstance(b, np.ndarray))
         decode[f"decode + downmix + resample, {k} thread(s)"] = _xrt(dur, _timed(dec, max(rep, 2))[0])
-    old_dt = audio.DECODE_THREADS
     for k in (1, 2):
-        audio.DECODE_THREADS = k
-        decode[f"end to end, {k} decode thread(s)"] = _xrt(dur, _timed(lambda: model.embed(mp3), rep)[0])
-    audio.DECODE_THREADS = old_dt
+        decode[f"end to end, {k} decode thread(s)"] = _xrt(dur, _timed(lambda: model.embed(mp3, decode_threads=k),
+                                                                       rep)[0])
     out["decode_threads_x_realtime"] = decode
-
-    import musicembed.model as embedder
 
     threads = {}
     old = torch.get_num_threads()
-    embedder.AUTO_THREADS = False  # measure fixed settings
-    for k in sorted({1, os.cpu_count() or 1}):
-        torch.set_num_threads(k)
-        m = load_model(name, device="cpu")
-        m.embed(mono[: window * 3], sample_rate=sr)
-        threads[f"{k} torch thread(s) for the model"] = _xrt(dur, _timed(lambda: m.embed(mp3), rep)[0])
-    embedder.AUTO_THREADS = True
     torch.set_num_threads(os.cpu_count() or 1)  # torch's default; embed lowers it while it runs
+    m = load_model(name, device="cpu")
+    m.embed(mono[: window * 3], sample_rate=sr)
+    for k in sorted({1, os.cpu_count() or 1}):
+        threads[f"{k} torch thread(s) for the model"] = _xrt(dur, _timed(lambda: m.embed(mp3, threads=k), rep)[0])
     threads["library default (model threads = cores - decode threads)"] = _xrt(dur, _timed(lambda: m.embed(mp3), rep)[0])
     torch.set_num_threads(old)
     out["end_to_end_threads_x_realtime"] = threads
