@@ -25,7 +25,7 @@ import os
 import re
 import stat
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -295,7 +295,7 @@ class _Resampler:
         return self.stream.resample_chunk(block, last=last)
 
 
-def _blocks_from_array(x: np.ndarray, in_rate: int, sample_rate: int, block: int) -> Iterator[np.ndarray]:
+def _blocks_from_array(x: np.ndarray, in_rate: int, sample_rate: int, block: int) -> Generator[np.ndarray, None, StreamEnd]:
     rs = _Resampler(in_rate, sample_rate)
     n = len(x)
     produced = 0
@@ -402,7 +402,7 @@ def stream_many(
     source_rate: int | None = None,
     block_seconds: float = BLOCK_SECONDS,
     threads: int | None = None,
-) -> Iterator[tuple[int, np.ndarray | StreamEnd | AudioError]]:
+) -> Generator[tuple[int, np.ndarray | StreamEnd | AudioError], None, None]:
     """Decode many inputs in order: yield ``(i, block)`` for each block of input ``i`` (float32
     mono at ``sample_rate`` Hz, the same blocks :func:`stream_audio` yields), then
     ``(i, StreamEnd)`` at its end, or ``(i, AudioError)`` when it fails (blocks already
@@ -591,6 +591,7 @@ class _DecodePool:
                 if out.size:
                     yield i, out
                 if last:
+                    end: StreamEnd | AudioError
                     try:
                         end = _end(plan.name, plan.rate, total, plan.declared, plan.damage)
                         if produced == 0:

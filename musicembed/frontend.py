@@ -73,13 +73,13 @@ class LogMel(nn.Module):
             wave.float(),
             n_fft=cfg.n_fft,
             hop_length=hop_length or cfg.hop_length,
-            window=self.window,
+            window=self.window,  # type: ignore[arg-type]  # a registered buffer
             center=cfg.center,
             pad_mode="reflect",
             return_complex=True,
         )
         power = spec.real.square() + spec.imag.square()
-        mel = torch.matmul(self.fb, power)
+        mel = torch.matmul(self.fb, power)  # type: ignore[arg-type]
         return finish_db(10.0 * torch.log10(torch.clamp(mel, min=cfg.amin)), cfg)
 
     def num_frames(self, samples: int, hop_length: int | None = None) -> int:

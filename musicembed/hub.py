@@ -35,6 +35,10 @@ WEIGHTS_NAME = "model.safetensors"
 HUB_PREFIX = "hf-hub:"
 
 
+def _write_text(path: str, text: str) -> None:
+    Path(path).write_text(text)
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -326,10 +330,11 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, config: Mode
     state = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
              for k, v in model.state_dict().items()}
     atomic_write(out / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    assert isinstance(cfg, ModelConfig)
     weights = out / WEIGHTS_NAME
     doc = cfg.to_dict()
     doc["files"] = {WEIGHTS_NAME: {"sha256": sha256_file(weights), "size": weights.stat().st_size}}
-    atomic_write(out / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=2) + "\n"))
+    atomic_write(out / CONFIG_NAME, lambda tmp: _write_text(tmp, json.dumps(doc, indent=2) + "\n"))
     return out
 
 

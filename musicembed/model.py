@@ -14,7 +14,7 @@ import numbers
 import os
 import threading
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 
 import numpy as np
 import torch
@@ -151,7 +151,7 @@ class Model:
         if not single and not isinstance(audio, Sequence):
             raise TypeError(f"audio must be a path, a numpy array, a torch tensor or a list of these, "
                             f"got {type(audio).__name__}")
-        inputs = [audio] if single else list(audio)
+        inputs: list[AudioInput] = [audio] if single else list(audio)  # type: ignore[list-item,arg-type]
         results: list[Embedding | None] = [None] * len(inputs)
         errors: dict[int, AudioError] = {}
         for i, res in self.iter_embed(inputs, sample_rate, hierarchical=hierarchical, window_seconds=window_seconds,
@@ -178,7 +178,7 @@ class Model:
     def to(self, device: str | torch.device) -> "Model":
         """Move the model to ``device`` ('cpu', 'cuda', 'cuda:1', ...); ValueError if it is not
         usable here. Not while another thread embeds with it (pass ``device=`` to ``embed`` instead)."""
-        self.device = _check_device(device)
+        self.device = _check_device(device) or self.device
         self.net.to(self.device)
         self._prepared.clear()  # rebuilt on the new device at the next batch
         return self
@@ -196,7 +196,7 @@ class Model:
         progress: bool | None = None,
         decode_threads: int | None = None,
         threads: int | None = None,
-    ) -> Iterator[tuple[int, Embedding | AudioError]]:
+    ) -> Generator[tuple[int, Embedding | AudioError], None, None]:
         """Yield (index, Embedding or AudioError) for each input, in input order, as each
         finishes. The options are those of :meth:`embed`."""
         sr = self.sample_rate

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -128,10 +129,10 @@ class _CompiledOrEager(nn.Module):
     """The compiled module, or the eager one from the first failure to compile on (no C++
     compiler, an unsupported op, ...), with a warning; ``prepared.description`` says which runs."""
 
-    def __init__(self, compiled: nn.Module, eager: nn.Module, prepared: Prepared, steps: str) -> None:
+    def __init__(self, compiled: Callable, eager: nn.Module, prepared: Prepared, steps: str) -> None:
         super().__init__()
         self.eager = eager
-        self._compiled: nn.Module | None = compiled
+        self._compiled: Callable | None = compiled
         self._prepared = prepared
         self._steps = steps
 

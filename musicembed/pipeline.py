@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -90,12 +90,12 @@ def _cut_windows(idx: int, t: _Track, window: int, hop: int, final: bool) -> lis
         out.append((idx, start, t.pending[s : s + window]))
     t.windows += len(out)
     if final:
-        start = tail_start(t.total, window, hop, t.windows)
-        if start is not None:
+        tail = tail_start(t.total, window, hop, t.windows)
+        if tail is not None:
             w = np.zeros(window, np.float32)
-            got = t.pending[start - t.offset : start - t.offset + window]
+            got = t.pending[tail - t.offset : tail - t.offset + window]
             w[: len(got)] = got
-            out.append((idx, start, w))
+            out.append((idx, tail, w))
             t.windows += 1
         t.pending = np.zeros(0, np.float32)
     else:
@@ -152,7 +152,7 @@ def run(
     batch_size: int,
     decode_threads: int,
     geometry: list[MartLevel] | None = None,
-) -> Iterator[tuple[int, Embedding | AudioError]]:
+) -> Generator[tuple[int, Embedding | AudioError], None, None]:
     """Yield (index, Embedding or AudioError) for each input, in input order, as each finishes.
 
     ``window``/``hop`` in samples at ``sample_rate`` (Hz); ``forward`` runs one batch of at

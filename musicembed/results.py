@@ -98,7 +98,8 @@ class Segments:
             return []
         n_levels = len(results[0].levels)
         n_levels = min(n_levels, keep) if keep else n_levels
-        return [cls.of([(r.levels[n].vectors, r.levels[n].starts, r.levels[n].ends) for r in results], dim, dtype)
+        per_input = [r.levels or [] for r in results]
+        return [cls.of([(lv[n].vectors, lv[n].starts, lv[n].ends) for lv in per_input], dim, dtype)
                 for n in range(n_levels)]
 
     def __len__(self) -> int:

@@ -11,7 +11,8 @@ import torchaudio
 
 from audio_fixtures import tiny_mart_config, tiny_pemr_config, tone
 from musicembed.windows import level_spans
-from musicembed.config import FrontendConfig, ModelConfig, mart_config, pemr_config
+from musicembed.config import FrontendConfig, ModelConfig
+from musicembed.presets import mart_config, pemr_config
 from musicembed.frontend import LogMel, mel_filterbank
 from musicembed.models import MARTModel, PEMRModel, build_model
 

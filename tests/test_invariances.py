@@ -12,7 +12,8 @@ import torch
 from musicembed import load_model
 from musicembed.audio import load_audio
 from musicembed.windows import level_spans
-from musicembed.config import ModelConfig, mart_config, pemr_config
+from musicembed.config import ModelConfig
+from musicembed.presets import mart_config, pemr_config
 from musicembed.models import build_model
 from musicembed.train.config import resolve
 

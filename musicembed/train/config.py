@@ -1,8 +1,8 @@
-"""A training run's configuration (saved as ``RUN_DIR/run.json``) and model-size presets.
+"""A training run's configuration (saved as ``RUN_DIR/run.json``).
 
-``--config`` values are applied in order: a preset name (``default``: the presets of
-:mod:`musicembed.config`; ``tiny``), a path to a JSON file or an inline JSON object. An object's keys are :class:`~musicembed.config.ModelConfig`
-fields (nested dicts merge into nested configs), plus optional ``objective`` and ``augment``
+``--config`` values are applied in order: a preset name (``default`` or ``tiny``, both in
+:mod:`musicembed.presets`), a path to a JSON file or an inline JSON object. An object's keys
+are :class:`~musicembed.config.ModelConfig` fields (nested dicts merge into nested configs), plus optional ``objective`` and ``augment``
 sections for the loss and augmentation options.
 """
 
@@ -14,29 +14,12 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..config import ModelConfig, mart_config, pemr_config
+from ..config import ModelConfig
+from ..presets import TINY, mart_config, pemr_config
 from .augment import AugmentConfig
 from .objectives import MARTObjectiveConfig, PEMRObjectiveConfig, objective_defaults
 
 RUN_FILE = "run.json"
-
-# CI / smoke-test sizes: a 16-d encoder, seconds per step on one CPU core.
-TINY: dict[str, dict[str, Any]] = {
-    "pemr": {
-        "window_samples": 8000,
-        "frontend": {"n_mels": 32, "n_fft": 256, "hop_length": 128},
-        "encoder": {"channels": [8, 8], "pools": [[4, 4], [4, 4]]},
-        "objective": {"layers": 2, "head_dim": 8, "ff_dim": 32, "projection_dim": 16},
-    },
-    "mart": {
-        "window_samples": 8192,
-        "frontend": {"n_mels": 32, "n_fft": 512, "hop_length": 128},
-        "encoder": {"arch": "fcn7", "channels": [8, 8, 16], "pools": [[2, 2], [2, 2], [8, 1]]},
-        "mart": {"levels": 3, "frames": 16, "pwt_layers": 1, "head_dim": 8, "ff_dim": 32},
-        "objective": {"head_hidden": 16, "projection_dim": 16},
-    },
-}
-
 
 @dataclass
 class TrainConfig:
@@ -76,7 +59,10 @@ class TrainConfig:
             raise FileNotFoundError(f"{path}: not a training run folder (no {RUN_FILE})")
         raw = json.loads(path.read_text())
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in raw.items() if k in known})
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown run settings {unknown} (written by a newer musicembed?)")
+        return cls(**raw)
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

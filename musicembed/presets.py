@@ -1,0 +1,69 @@
+"""The project's model presets: the default PEMR and MART inference configs, and the tiny
+sizes of smoke tests and CI runs (``musicembed train --config tiny``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from .config import EncoderConfig, FrontendConfig, MartConfig, ModelConfig
+
+# CI / smoke-test sizes: a 16-d encoder, seconds per step on one CPU core.
+TINY: dict[str, dict[str, Any]] = {
+    "pemr": {
+        "window_samples": 8000,
+        "frontend": {"n_mels": 32, "n_fft": 256, "hop_length": 128},
+        "encoder": {"channels": [8, 8], "pools": [[4, 4], [4, 4]]},
+        "objective": {"layers": 2, "head_dim": 8, "ff_dim": 32, "projection_dim": 16},
+    },
+    "mart": {
+        "window_samples": 8192,
+        "frontend": {"n_mels": 32, "n_fft": 512, "hop_length": 128},
+        "encoder": {"arch": "fcn7", "channels": [8, 8, 16], "pools": [[2, 2], [2, 2], [8, 1]]},
+        "mart": {"levels": 3, "frames": 16, "pwt_layers": 1, "head_dim": 8, "ff_dim": 32},
+        "objective": {"head_hidden": 16, "projection_dim": 16},
+    },
+}
+
+
+def pemr_config(**overrides: Any) -> ModelConfig:
+    """The project's PEMR inference config: FCN-4 on 3-s windows at 16 kHz, 512-d output.
+
+    64 mel bands at a 32-ms hop (94 frames per window), standardised per window; 32/64/128/256
+    channels; ceil-mode pools and a mean over the remaining time steps, so every frame of a
+    window reaches its vector.
+    """
+    cfg = ModelConfig(
+        method="pemr",
+        name="pemr",
+        window_samples=48000,
+        frontend=FrontendConfig(n_fft=1024, hop_length=512, n_mels=64, normalize="window"),
+        encoder=EncoderConfig(
+            channels=[32, 64, 128, 256], pools=[[2, 4], [2, 2], [2, 2], [4, 1]], ceil_pools=True, time_pool="mean"
+        ),
+    )
+    return dataclasses.replace(cfg, **overrides)
+
+
+def mart_config(**overrides: Any) -> ModelConfig:
+    """The project's MART inference config: FCN-7 on a 4.096-s clip, 4 levels of 2 parts, 512-d.
+
+    Every clip of every level becomes a 64-band x 32-frame log-mel standardised on its own;
+    the 2048-point FFT is as long as the longest hop (2048 samples at level 0), so no level's
+    frames skip samples.
+    """
+    cfg = ModelConfig(
+        method="mart",
+        name="mart",
+        window_samples=65536,
+        frontend=FrontendConfig(n_fft=2048, hop_length=512, n_mels=64, normalize="window"),
+        encoder=EncoderConfig(
+            arch="fcn7",
+            channels=[16, 32, 64, 128, 128, 256, 512],
+            pools=[[2, 2], [2, 2], [2, 2], [2, 2], [2, 2], [2, 1], [2, 1]],
+            ceil_pools=True,
+            time_pool="mean",
+        ),
+        mart=MartConfig(frames=32),
+    )
+    return dataclasses.replace(cfg, **overrides)
