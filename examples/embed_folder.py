@@ -21,6 +21,7 @@ import numpy as np
 
 import musicembed
 from musicembed.audio import find_audio_files
+from musicembed.identity import model_identity
 from musicembed.io.writers import write_results
 
 
@@ -44,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
             failed.append((str(files[i]), res.reason))
         else:
             results.append(res)
-    write_results(args.out, results, model.embedding_dim, model.name, windows=args.timestamps)
+    write_results(args.out, results, model.embedding_dim, model.name, windows=args.timestamps,
+                  identity=model_identity(model))
 
     data = np.load(args.out)
     print(f"wrote {args.out}: embeddings {data['embeddings'].shape} {data['embeddings'].dtype}, model {data['model']}")

@@ -16,7 +16,7 @@ import pytest
 import soundfile as sf
 from click.testing import CliRunner
 
-from audio_fixtures import noise, tone
+from audio_fixtures import make_model_dir, noise, tiny_pemr_config, tone
 from musicembed import load_model
 from musicembed.io.resume import PartialStore, file_key, partial_path, read_records, run_settings
 from musicembed.cli import cli
@@ -329,3 +329,59 @@ def test_resumed_timestamps_run_equals_uninterrupted(small, pemr_dir, tmp_path, 
             np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)
         else:
             np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_resume_with_another_hop_or_other_weights_starts_over(small, pemr_dir, tmp_path, monkeypatch):
+    out = tmp_path / "o.npz"
+    base = [str(small), "-r", "--out", str(out)]
+    with monkeypatch.context() as m:
+        _interrupt_after(m, 2)
+        _embed([*base, "-m", str(pemr_dir), "--hop", "0.25"])
+    meta = _records_full(partial_path(out))[0]
+    model = load_model(pemr_dir, device="cpu")
+    assert meta["model"]["fingerprint"] == model.fingerprint()  # the store carries the identity
+    assert (meta["model"]["window_seconds"], meta["model"]["hop_seconds"]) == (0.5, 0.25)
+
+    with monkeypatch.context() as m:  # another hop: nothing is reused
+        seen = _spy_iter_embed(m)
+        _interrupt_after(m, 2)
+        r = _embed([*base, "-m", str(pemr_dir), "--hop", "0.125", "--resume"])
+    assert "different hop_seconds; starting over (recorded vs this run: hop 0.25 s vs 0.125 s)" in r.stderr
+    assert len(seen) == 4
+
+    # The same name ("tiny-pemr") and config, other weights: nothing is reused either.
+    other = make_model_dir(tmp_path / "other", tiny_pemr_config(), seed=1)
+    with monkeypatch.context() as m:
+        seen = _spy_iter_embed(m)
+        r = _embed([*base, "-m", str(other), "--hop", "0.125", "--resume"])
+    assert r.exit_code == 0, r.output
+    assert "different fingerprint; starting over" in r.stderr and "different weights" in r.stderr
+    assert len(seen) == 4
+
+
+def test_resume_reads_a_store_of_an_older_version_with_a_warning(small, pemr_dir, tmp_path, monkeypatch):
+    """A format-1 store records the model's name, version and fingerprint and the window/hop as given."""
+    model = load_model(pemr_dir, device="cpu")
+    out = tmp_path / "o.npz"
+    legacy = {"format": 1, "model": model.name, "model_version": model.config.version,
+              "model_fingerprint": model.fingerprint(), "window_seconds": None, "hop_seconds": None,
+              "timestamps": False, "hierarchical": False}
+    files = sorted(small.iterdir())
+    store, _, _ = PartialStore.open(out, legacy, resume=False)
+    for f in files[:2]:
+        store.append(file_key(f), model.embed(f, return_timestamps=True))
+    store.close()
+    with monkeypatch.context() as m:
+        seen = _spy_iter_embed(m)
+        r = _embed([str(small), "-r", "-m", str(pemr_dir), "--out", str(out), "--window", "0.5", "--resume"])
+    assert "different window_seconds; starting over" in r.stderr and len(seen) == 4  # as given: not the same
+    store, _, _ = PartialStore.open(out, legacy, resume=False)
+    for f in files[:2]:
+        store.append(file_key(f), model.embed(f, return_timestamps=True))
+    store.close()
+    with monkeypatch.context() as m:
+        seen = _spy_iter_embed(m)
+        r = _embed([str(small), "-r", "-m", str(pemr_dir), "--out", str(out), "--resume"])
+    assert r.exit_code == 0, r.output
+    assert "written by an older musicembed" in r.stderr and "resuming: 2 of 4" in r.stderr
+    assert sorted(os.path.basename(p) for p in seen) == ["s2.wav", "s3.wav"]

@@ -298,3 +298,73 @@ def test_cli_index_search_update(pemr_dir, catalog, tmp_path):
     assert r.exit_code == 1 and "no such file" in r.output
     r = runner.invoke(cli, ["search", q, "--index", str(tmp_path / "missing.npz")])
     assert r.exit_code != 0 and "no such index file" in r.output
+
+
+def test_the_index_records_the_identity_and_refuses_other_windows(pemr, catalog, tmp_path):
+    index = Index.build(pemr, [catalog / "b"])
+    assert index.model == model_identity(pemr)  # one identity: the same dict outputs and stores record
+    assert (index.model["window_seconds"], index.model["hop_seconds"]) == (0.5, 0.5)
+    with np.load(index.save(tmp_path / "b.index.npz")) as d:
+        assert str(d["model_fingerprint"]) == pemr.fingerprint() and float(d["hop_seconds"]) == 0.5
+    q = str(catalog / "b" / "song0.wav")
+    assert index.search(pemr.embed(q, return_timestamps=True), k=1, model=pemr)[0].path == q
+    with pytest.raises(IndexMismatchError, match=r": window 0\.5 s vs 0\.25 s, the index's first\..*other windows"):
+        index.search(pemr.embed(q, return_timestamps=True, window_seconds=0.25), model=pemr)
+    with pytest.raises(IndexMismatchError, match=r"hop 0\.5 s vs 0\.125 s"):
+        index.search(pemr.embed(q, return_timestamps=True, hop_seconds=0.125), model=pemr)
+    with pytest.raises(IndexMismatchError, match=r"hop 0\.5 s vs 0\.25 s"):
+        index.search(np.zeros(16, np.float32), query_identity=model_identity(pemr, hop_seconds=0.25))
+    with pytest.raises(IndexMismatchError, match="window 0.5 s vs 0.25 s"):
+        index.check_model(model_identity(pemr, window_seconds=0.25))
+
+    hop = Index.build(pemr, [catalog / "b" / "song2.wav"], hop_seconds=0.25)
+    assert hop.model == model_identity(pemr, hop_seconds=0.25)
+    hits = hop.search(q, k=1, model=pemr)  # a path is embedded with the index's window and hop
+    assert len(hits) == 1
+    with pytest.raises(IndexMismatchError, match=r"hop 0\.25 s vs 0\.5 s"):
+        hop.check_model(model_identity(pemr))
+
+
+def test_a_query_reads_the_weights_fingerprint_at_most_once(pemr_dir, catalog, monkeypatch):
+    model = load_model(pemr_dir, device="cpu")
+    index = Index.build(model, [catalog / "a" / "song1.wav", catalog / "a" / "song3.wav"])
+    calls = []
+    real = type(model).fingerprint
+    monkeypatch.setattr(model, "fingerprint", lambda: calls.append(1) or real(model))
+    index.search(str(catalog / "a" / "song1.wav"), k=1, model=model)
+    assert len(calls) <= 1
+    calls.clear()
+    index.search(model.embed(str(catalog / "a" / "song3.wav"), return_timestamps=True), k=1, model=model)
+    assert len(calls) <= 1
+
+
+def _rewrite_meta(path: Path, change) -> None:
+    with np.load(path) as d:
+        arrays = {k: d[k] for k in d.files}
+    meta = json.loads(str(arrays["meta"]))
+    change(meta["model"])
+    arrays["meta"] = np.array(json.dumps(meta))
+    np.savez(path, **arrays)
+
+
+def test_older_indexes_load(pemr, catalog, tmp_path):
+    root = tmp_path / "music"
+    shutil.copytree(catalog / "a", root)
+    path = Index.build(pemr, [root]).save(tmp_path / "old.index.npz")
+    # Written before the identity held window and hop: loads quietly, an update records them.
+    _rewrite_meta(path, lambda m: [m.pop(k) for k in ("window_seconds", "hop_seconds")])
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        old = Index.load(path)
+    q = str(root / "song1.wav")
+    assert old.search(q, k=1, model=pemr)[0].path == q
+    old.update(pemr)
+    assert old.model == model_identity(pemr)
+    # Written before the identity held a fingerprint: loads with a warning, still checked by name and size.
+    _rewrite_meta(path, lambda m: [m.pop(k, None) for k in ("fingerprint", "window_seconds", "hop_seconds")])
+    with pytest.warns(UserWarning, match="records no model fingerprint.*--rebuild"):
+        older = Index.load(path)
+    assert older.search(q, k=1, model=pemr)[0].path == q
+    assert "fingerprint" not in older.model

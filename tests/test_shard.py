@@ -10,7 +10,8 @@ import pytest
 import soundfile as sf
 from click.testing import CliRunner
 
-from audio_fixtures import SR, chord, tone
+from audio_fixtures import SR, chord, make_model_dir, tiny_pemr_config, tone
+from musicembed import load_model
 from musicembed.cli import cli
 from musicembed.catalog.shard import ShardError, list_catalog, merge, parse_spec, shard_of
 
@@ -119,3 +120,45 @@ def test_merge_refuses_parts_of_different_catalogs_or_options(pemr_dir, music, t
     r = runner.invoke(cli, ["embed", str(small), "-r", "-m", str(pemr_dir), "--shard", "0/2", "--out",
                             str(tmp_path / "a.jsonl")])
     assert r.exit_code != 0 and "--shard needs --out FILE.npz" in r.output
+
+
+def test_merge_refuses_other_weights_another_hop_and_parts_without_a_fingerprint(pemr_dir, music, tmp_path):
+    """Needs `embed` to pass the model's identity to write_results (musicembed/cli/main.py)."""
+    runner = CliRunner()
+    small = tmp_path / "small"
+    shutil.copytree(music / "rock", small)
+    # The same config and name as pemr_dir ("tiny-pemr"), other weights.
+    other = make_model_dir(tmp_path / "other", tiny_pemr_config(), seed=1)
+
+    def run(name, k, model, *extra):
+        out = tmp_path / f"{name}-{k}.npz"
+        r = runner.invoke(cli, ["embed", str(small), "-r", "-m", str(model), "--out", str(out), "--shard", f"{k}/2",
+                                *extra])
+        assert r.exit_code == 0, r.output
+        return out
+
+    p0, p1 = run("a", 0, pemr_dir), run("a", 1, pemr_dir)
+    fingerprint = load_model(pemr_dir, device="cpu").fingerprint()
+    with np.load(p0) as z:
+        assert str(z["model_fingerprint"]) == fingerprint and str(z["model"]) == "tiny-pemr"
+        assert (float(z["window_seconds"]), float(z["hop_seconds"])) == (0.5, 0.5)
+    ok = tmp_path / "ok.npz"
+    merge([p0, p1], ok)
+    with np.load(ok) as z:  # the merged file carries the identity, like an unsharded run
+        assert str(z["model_fingerprint"]) == fingerprint and float(z["hop_seconds"]) == 0.5
+
+    with pytest.raises(ShardError, match=r"different weights \(fingerprint [0-9a-f]{12} vs [0-9a-f]{12}\).*--model"):
+        merge([p0, run("other", 1, other)], tmp_path / "x.npz")
+    with pytest.raises(ShardError, match=r"hop 0\.25 s vs 0\.5 s.*same --window and --hop"):
+        merge([p0, run("hop", 1, pemr_dir, "--hop", "0.25")], tmp_path / "x.npz")
+    with pytest.raises(ShardError, match=r"window 0\.25 s vs 0\.5 s"):
+        merge([p0, run("window", 1, pemr_dir, "--window", "0.25")], tmp_path / "x.npz")
+
+    # A part written before outputs carried the identity: only the model's name.
+    old = tmp_path / "old-1.npz"
+    with np.load(p1) as z:
+        np.savez(old, **{k: z[k] for k in z.files
+                         if k not in ("model_fingerprint", "model_version", "window_seconds", "hop_seconds")})
+    with pytest.raises(ShardError, match=r"old-1\.npz records no model fingerprint.*re-embed it .*--shard 1/2"):
+        merge([p0, old], tmp_path / "x.npz")
+    assert not (tmp_path / "x.npz").exists()

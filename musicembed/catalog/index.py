@@ -15,8 +15,9 @@ The index file (``.npz``, written atomically) holds, per file: the path (absolut
 duration, size, modification time and sha256 of its content, and the clip vector; for a
 MART model also every level's vectors with their time spans (the layout of
 ``musicembed embed --hierarchical``: ``level{n}_vectors``, ``_starts``, ``_ends``,
-``_offsets``). It also records the model (name, version, method, dimension, and a
-fingerprint of its weights and config), the embedding options and the catalog roots.
+``_offsets``). It also records the model's identity (:mod:`musicembed.identity`: name,
+version, method, dimension, a fingerprint of its weights and config, and the window and hop
+in seconds it embedded with), the embedding options and the catalog roots.
 
 Search ranks files by the cosine similarity of their clip vectors to the query's. Below
 :data:`FAISS_THRESHOLD` vectors this is an exact numpy product; above it, when ``faiss`` is
@@ -25,8 +26,10 @@ product on unit vectors) is used, built once and cached beside the index file. F
 indexes, each hit also gets the best-matching time span: the pair of same-level segments
 (query, result) with the highest cosine similarity.
 
-A query embedded with another model than the index's is refused with
-:class:`IndexMismatchError`.
+A query embedded with another model, window or hop than the index's is refused with
+:class:`IndexMismatchError` naming what differs. An index written by an older musicembed
+without a model fingerprint loads with a warning (queries are then checked by name,
+version, method and dimension only).
 """
 
 from __future__ import annotations
@@ -34,8 +37,9 @@ from __future__ import annotations
 import json
 import os
 import uuid
+import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +47,8 @@ import numpy as np
 
 from ..errors import AudioError, MusicEmbedError
 from ..hub import sha256_file
+from ..identity import (WINDOW_FIELDS, describe, differences, missing, model_identity, stored_fields,
+                        windows_shown)
 
 INDEX_FORMAT = "musicembed-index"
 INDEX_VERSION = 1
@@ -58,46 +64,32 @@ class IndexError_(MusicEmbedError):  # noqa: N801 - avoid shadowing the builtin 
 
 
 class IndexMismatchError(MusicEmbedError):
-    """A query (or an update) comes from another model than the one the index was built with."""
+    """A query (or an update) comes from another model, window or hop than the index was built with."""
 
 
 # ----------------------------------------------------------------------------- model identity
 
 
-def model_identity(model) -> dict[str, Any]:
-    """What identifies the vectors a model produces: name, version, method, dimension, and a
-    sha256 ``fingerprint`` over its config (frontend included) and every weight and buffer.
-    ``source`` (how it was loaded) is kept to reload it, not compared."""
-    return {
-        "name": model.config.name,
-        "version": model.config.version,
-        "method": model.config.method,
-        "dim": int(model.embedding_dim),
-        "fingerprint": model.fingerprint(),
-        "source": _portable_source(str(getattr(model, "source", "") or "")),
-    }
-
-
-def _portable_source(source: str) -> str:
-    """A model folder as an absolute path (so the index can reload it from anywhere)."""
-    return os.path.abspath(source) if source and os.path.isdir(source) else source
-
-
-def _describe(ident: dict[str, Any]) -> str:
-    return (f"'{ident.get('name')}' v{ident.get('version')} ({ident.get('method')}, {ident.get('dim')}-d, "
-            f"weights {str(ident.get('fingerprint', ''))[:12]})")
-
-
 def check_same_model(index_model: dict[str, Any], other: dict[str, Any], what: str = "the query") -> None:
-    """Raise :class:`IndexMismatchError` unless ``other`` is the model the index was built with."""
-    keys = ("name", "version", "method", "dim", "fingerprint")
-    if all(index_model.get(k) == other.get(k) for k in keys):
+    """Raise :class:`IndexMismatchError`, naming each field that differs, unless ``other`` (a
+    :func:`~musicembed.identity.model_identity`) is the model, window and hop the index was
+    built with. Fields either identity does not record are not compared."""
+    diffs = differences(index_model, other)
+    if not diffs:
         return
-    src = index_model.get("source") or index_model.get("name")
+    words = "; ".join(w for _, w in diffs)
+    if any(k not in WINDOW_FIELDS for k, _ in diffs):
+        src = index_model.get("source") or index_model.get("name")
+        remedy = (f"Vectors of different models are not comparable: query with the index's model (--model {src}), "
+                  "or build a new index with the other model.")
+    else:
+        window, hop = float(index_model["window_seconds"]), float(index_model["hop_seconds"])
+        remedy = (f"Vectors of other windows are not comparable: embed the query with the index's window and hop "
+                  f"(window_seconds={window:g}, hop_seconds={hop:g}; `musicembed search` does), or build a new "
+                  "index with these options.")
     raise IndexMismatchError(
-        f"this index was built with model {_describe(index_model)}, but {what} was embedded with "
-        f"{_describe(other)}. Vectors of different models are not comparable: query with the index's "
-        f"model (--model {src}), or build a new index with the other model."
+        f"this index was built with model {describe(index_model)}, but {what} was embedded with "
+        f"{describe(other)}: {words}, the index's first. {remedy}"
     )
 
 
@@ -250,20 +242,61 @@ class FaissBackend:
 
 @dataclass
 class _Rows:
-    """Per-file arrays of an index (row i = file i); levels as concatenated segments + offsets."""
+    """Per-file arrays of an index (row i = file i); levels as concatenated segments + offsets.
+    Built by :meth:`of` (from stats and results), filtered or reordered by :meth:`take`, joined by
+    :meth:`concat`: every field at once, so no field can be forgotten."""
 
     paths: list[str]
-    durations: np.ndarray
-    sizes: np.ndarray
-    mtimes: np.ndarray
+    durations: np.ndarray  # seconds
+    sizes: np.ndarray  # bytes
+    mtimes: np.ndarray  # ns
     hashes: list[str]
     embeddings: np.ndarray
     levels: list[dict[str, np.ndarray]] | None  # per level: vectors, starts, ends, offsets (N+1)
 
+    @classmethod
+    def of(cls, paths: list[str], stats: Sequence[tuple[int, int]], hashes: list[str], durations: Sequence[float],
+           embeddings: Sequence[np.ndarray], dim: int, levels: list[dict[str, np.ndarray]] | None) -> "_Rows":
+        """Rows from per-file values: ``stats`` (size in bytes, mtime in ns), ``durations`` (seconds)
+        and clip ``embeddings`` (D,) each."""
+        return cls(
+            paths=list(paths),
+            durations=np.array(durations, dtype=np.float64),
+            sizes=np.array([s for s, _ in stats], dtype=np.int64),
+            mtimes=np.array([m for _, m in stats], dtype=np.int64),
+            hashes=list(hashes),
+            embeddings=np.stack(embeddings).astype(np.float32) if len(embeddings) else np.zeros((0, dim), np.float32),
+            levels=levels,
+        )
+
+    def take(self, rows: Sequence[int]) -> "_Rows":
+        """The rows ``rows`` (positions, in that order; repeats allowed)."""
+        idx = np.asarray(rows, dtype=np.int64)
+        return _Rows(
+            paths=[self.paths[i] for i in idx],
+            durations=self.durations[idx],
+            sizes=self.sizes[idx],
+            mtimes=self.mtimes[idx],
+            hashes=[self.hashes[i] for i in idx],
+            embeddings=self.embeddings[idx],
+            levels=_take_levels(self.levels, idx),
+        )
+
+    def concat(self, other: "_Rows") -> "_Rows":
+        """These rows, then ``other``'s."""
+        return _Rows(
+            paths=self.paths + other.paths,
+            durations=np.concatenate([self.durations, other.durations]),
+            sizes=np.concatenate([self.sizes, other.sizes]),
+            mtimes=np.concatenate([self.mtimes, other.mtimes]),
+            hashes=self.hashes + other.hashes,
+            embeddings=np.concatenate([self.embeddings, other.embeddings]),
+            levels=_concat_levels(self.levels, other.levels),
+        )
+
 
 def _empty_rows(dim: int) -> _Rows:
-    return _Rows([], np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int64), [], np.zeros((0, dim), np.float32),
-                 None)
+    return _Rows.of([], [], [], [], [], dim, None)
 
 
 def _level_arrays(embs: list, dim: int, keep: int | None) -> list[dict[str, np.ndarray]] | None:
@@ -331,7 +364,7 @@ class Index:
         return len(self._rows.paths)
 
     def __repr__(self) -> str:
-        return (f"Index({len(self)} files, model {_describe(self.model)}, "
+        return (f"Index({len(self)} files, model {describe(self.model)}, "
                 f"levels={0 if self._rows.levels is None else len(self._rows.levels)}, roots={self.roots})")
 
     @property
@@ -374,7 +407,7 @@ class Index:
         all; 1 = level 0 only: about 1/(1+M+M^2+...) of the size).
         Files that fail are skipped and listed in ``index.failures`` (and passed to ``on_error``).
         """
-        ident = model_identity(model)
+        ident = model_identity(model, window_seconds=window_seconds, hop_seconds=hop_seconds)
         if hierarchical is None:
             hierarchical = model.config.method == "mart"
         if hierarchical and model.config.method != "mart":
@@ -423,16 +456,10 @@ class Index:
             keep_stats.append(stats[i])
             keep_hashes.append(hashes[i])
         dim = self.model["dim"]
-        return _Rows(
-            paths=paths,
-            durations=np.array([e.duration for e in embs], dtype=np.float64),
-            sizes=np.array([s for s, _ in keep_stats], dtype=np.int64),
-            mtimes=np.array([m for _, m in keep_stats], dtype=np.int64),
-            hashes=keep_hashes,
-            embeddings=np.stack([e.clip for e in embs]).astype(np.float32) if embs else np.zeros((0, dim), np.float32),
-            levels=(_level_arrays(embs, dim, opts.get("levels")) if opts["hierarchical"] and embs else
-                    self._no_levels() if opts["hierarchical"] else None),
-        )
+        levels = (_level_arrays(embs, dim, opts.get("levels")) if opts["hierarchical"] and embs else
+                  self._no_levels() if opts["hierarchical"] else None)
+        return _Rows.of(paths, keep_stats, keep_hashes, [e.duration for e in embs], [e.clip for e in embs], dim,
+                        levels)
 
     def _no_levels(self) -> list[dict[str, np.ndarray]]:
         """Empty level arrays (a hierarchical index of zero files)."""
@@ -440,9 +467,16 @@ class Index:
         return [{"vectors": np.zeros((0, self.model["dim"]), LEVEL_DTYPE), "starts": np.zeros(0),
                  "ends": np.zeros(0), "offsets": np.zeros(1, np.int64)} for _ in range(n)]
 
+    def query_identity(self, model) -> dict[str, Any]:
+        """The identity of the vectors ``model`` gives with this index's options (window, hop)."""
+        o = self.embed_options
+        return model_identity(model, window_seconds=o.get("window_seconds"), hop_seconds=o.get("hop_seconds"))
+
     def check_model(self, model_or_identity) -> None:
-        """Raise :class:`IndexMismatchError` unless this is the model the index was built with."""
-        ident = model_or_identity if isinstance(model_or_identity, dict) else model_identity(model_or_identity)
+        """Raise :class:`IndexMismatchError` unless this is the model the index was built with:
+        a model (embedding with the index's window and hop), or an identity of
+        :func:`~musicembed.identity.model_identity`, whose window and hop are compared too."""
+        ident = model_or_identity if isinstance(model_or_identity, dict) else self.query_identity(model_or_identity)
         check_same_model(self.model, ident)
 
     def update(self, model, paths: Sequence[str | os.PathLike] | None = None, *, rehash: bool = False,
@@ -457,9 +491,12 @@ class Index:
         in the index (a moved or copied file: its vectors are reused). Files no longer found are
         dropped. Needs the index's own model.
         """
-        ident = model_identity(model)
+        ident = self.query_identity(model)
         check_same_model(self.model, ident, "the model given for the update")
         self.model["source"] = ident["source"] or self.model.get("source", "")
+        if self.model.get("fingerprint"):  # an index that predates window/hop in the identity: now known
+            for k in WINDOW_FIELDS:
+                self.model.setdefault(k, ident[k])
         if paths is not None:
             self.roots = [os.path.abspath(p) for p in paths]
         files, problems = _catalog_files(self.roots)
@@ -502,35 +539,12 @@ class Index:
         failed_now = {p for p, _ in report.failed[n_fail:]}
         report.added = [p for p in report.added if p not in failed_now]
         report.changed = [p for p in report.changed if p not in failed_now]
-        kept = _Rows(
-            paths=keep_paths,
-            durations=old.durations[keep] if keep else np.zeros(0),
-            sizes=np.array([s for s, _ in keep_stats], dtype=np.int64),
-            mtimes=np.array([m for _, m in keep_stats], dtype=np.int64),
-            hashes=[old.hashes[i] for i in keep],
-            embeddings=old.embeddings[keep] if keep else np.zeros((0, self.model["dim"]), np.float32),
-            levels=_take_levels(old.levels, keep),
-        )
-        merged = _Rows(
-            paths=kept.paths + new.paths,
-            durations=np.concatenate([kept.durations, new.durations]),
-            sizes=np.concatenate([kept.sizes, new.sizes]),
-            mtimes=np.concatenate([kept.mtimes, new.mtimes]),
-            hashes=kept.hashes + new.hashes,
-            embeddings=np.concatenate([kept.embeddings, new.embeddings]),
-            levels=_concat_levels(kept.levels, new.levels) if self.hierarchical else None,
-        )
+        # The old rows kept, under their paths and stats of now (a moved file keeps its vectors).
+        kept = replace(old.take(keep), paths=keep_paths, sizes=np.array([s for s, _ in keep_stats], dtype=np.int64),
+                       mtimes=np.array([m for _, m in keep_stats], dtype=np.int64))
+        merged = kept.concat(new)
         position = {f: i for i, f in enumerate(files)}  # catalog order, as a fresh build would have it
-        order = np.argsort([position[p] for p in merged.paths], kind="stable") if merged.paths else []
-        self._rows = _Rows(
-            paths=[merged.paths[i] for i in order],
-            durations=merged.durations[order] if len(order) else merged.durations,
-            sizes=merged.sizes[order] if len(order) else merged.sizes,
-            mtimes=merged.mtimes[order] if len(order) else merged.mtimes,
-            hashes=[merged.hashes[i] for i in order],
-            embeddings=merged.embeddings[order] if len(order) else merged.embeddings,
-            levels=_take_levels(merged.levels, list(order)) if merged.levels is not None else None,
-        )
+        self._rows = merged.take(np.argsort([position[p] for p in merged.paths], kind="stable"))
         self.failures = list(report.failed)
         if report.added or report.changed or report.removed or report.moved:
             self.uid = uuid.uuid4().hex
@@ -550,7 +564,8 @@ class Index:
                 "embed_options": self.embed_options, "uid": self.uid}
         arrays: dict[str, np.ndarray] = {
             "meta": np.array(json.dumps(meta)),
-            "model": np.array(self.model["name"]),  # the same field `musicembed embed --out x.npz` writes
+            # The identity under the names `musicembed embed --out x.npz` writes (model, model_fingerprint, ...).
+            **{k: np.array(v) for k, v in stored_fields(self.model).items()},
             "paths": np.array(r.paths, dtype=str),
             "durations": r.durations,
             "sizes": r.sizes,
@@ -600,6 +615,11 @@ class Index:
                 )
         except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
             raise IndexError_(f"{path}: cannot read index: {e}") from None
+        if missing(meta["model"], ("fingerprint",)):
+            warnings.warn(f"{path}: this index records no model fingerprint (written by an older musicembed): "
+                          "queries and updates are checked by model name, version, method and dimension only, "
+                          "not by the weights; rebuild it (`musicembed index ... --rebuild`) to have them checked",
+                          stacklevel=2)
         return cls(meta["model"], rows, meta["roots"], meta["embed_options"], uid=meta["uid"], path=str(path))
 
     # -- searching
@@ -653,6 +673,9 @@ class Index:
     def embed_query(self, query, model, sample_rate: int | None = None):
         """Embed a query (path, array or tensor) with the index's model and options."""
         self.check_model(model)
+        return self._embed_query(query, model, sample_rate)
+
+    def _embed_query(self, query, model, sample_rate: int | None):
         o = self.embed_options
         return model.embed(query, sample_rate, return_timestamps=True, hierarchical=o["hierarchical"],
                            window_seconds=o["window_seconds"], hop_seconds=o["hop_seconds"])
@@ -663,13 +686,17 @@ class Index:
 
         ``query`` is a path or array (embedded with ``model``, which must be the index's model),
         an :class:`~musicembed.Embedding` (give ``model`` or ``query_identity`` to have it
-        checked), or a clip vector (D,) (only its size can be checked). For MART indexes each
-        hit gets the best-matching time span at ``span_level`` (0: MART's level-0 clips).
+        checked: with ``model``, the window and hop its per-window spans show are checked too),
+        or a clip vector (D,) (only its size can be checked). For MART indexes each hit gets the
+        best-matching time span at ``span_level`` (0: MART's level-0 clips).
         """
-        from ..model import Embedding
+        from ..results import Embedding
 
         if model is not None:
-            self.check_model(model)
+            ident = self.query_identity(model)  # the model's fingerprint is read once per query
+            if isinstance(query, Embedding):
+                ident.update(windows_shown(query.starts, query.ends, model.config.sample_rate))
+            check_same_model(self.model, ident)
         elif query_identity is not None:
             check_same_model(self.model, query_identity)
         if isinstance(query, Embedding):
@@ -680,13 +707,13 @@ class Index:
         else:
             if model is None:
                 raise ValueError("a path or audio query needs model= (the index's model) to embed it")
-            emb = self.embed_query(query, model, sample_rate)
+            emb = self._embed_query(query, model, sample_rate)  # checked above
         if emb is not None:
             vec = emb.clip
         vec = np.asarray(vec, dtype=np.float32)
         if vec.shape != (self.model["dim"],):
             raise IndexMismatchError(f"query vector has shape {vec.shape}, but this index holds "
-                                     f"{self.model['dim']}-d vectors of model {_describe(self.model)}")
+                                     f"{self.model['dim']}-d vectors of model {describe(self.model)}")
         scores, ids = self.backend(backend, nprobe=nprobe).search(_unit(vec)[None], k)
         hits = []
         for rank, (s, i) in enumerate(zip(scores[0], ids[0]), start=1):

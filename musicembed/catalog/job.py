@@ -159,12 +159,14 @@ def _embed(model, files: list[Path], finished: dict, keys: list, store, opts: Jo
 
 
 def _write(out: Path, results: list[Embedding], model, opts: JobOptions, selection, report: JobReport, store) -> None:
+    from ..identity import model_identity
     from ..io.writers import write_results
 
     extra = selection.arrays([r.source for r in results], report.failures) if selection is not None else None
+    identity = model_identity(model, window_seconds=opts.window_seconds, hop_seconds=opts.hop_seconds)
     try:
         write_results(out, results, model.embedding_dim, model.name, windows=opts.timestamps,
-                      levels=opts.hierarchical, extra=extra)
+                      levels=opts.hierarchical, extra=extra, identity=identity)
     except OSError as e:
         raise JobError(f"cannot write {out} ({e.strerror or e}); the {len(results)} results are kept in "
                        f"{store.path}: fix this, then rerun the same command with --resume") from None

@@ -11,7 +11,9 @@ of all files' keys, newline-joined, in catalog order), per row ``catalog_keys`` 
 ``catalog_index`` (the file's position in the whole catalog), and the shard's failures
 (``failed_keys``, ``failed_index``, ``failed_reasons``).
 
-:func:`merge` checks that all parts come from the same catalog, model and options, that each
+:func:`merge` checks that all parts come from the same catalog, model and options (the model
+identity each part records, :mod:`musicembed.identity`: name, version, fingerprint of config
+and weights, window and hop; a part that records no fingerprint is refused), that each
 shard 0..N-1 is present exactly once, that no file appears twice, and that every catalog
 file is either embedded or listed as failed; it writes one ``.npz`` in catalog order, the
 same layout as an unsharded run.
@@ -29,6 +31,7 @@ from pathlib import Path, PurePath
 import numpy as np
 
 from ..errors import MusicEmbedError
+from ..identity import WINDOW_FIELDS, differences, from_stored
 
 SHARD_KEYS = ("shard", "catalog_count", "catalog_digest", "catalog_keys", "catalog_index",
               "failed_keys", "failed_index", "failed_reasons")
@@ -186,6 +189,31 @@ def _load(path: Path) -> dict[str, np.ndarray]:
         raise ShardError(f"{path}: cannot read: {e}") from None
 
 
+def _identity(d: dict[str, np.ndarray]) -> dict:
+    """The model identity a shard output records (see :mod:`musicembed.identity`)."""
+    emb = d.get("embeddings")
+    return from_stored(d, dim=emb.shape[1] if emb is not None and emb.ndim == 2 else None)
+
+
+def _check_identity(p: Path, d: dict[str, np.ndarray], p0: Path, d0: dict[str, np.ndarray], spec: ShardSpec) -> None:
+    """Raise :class:`ShardError` unless part ``p`` records a fingerprint and the same model
+    identity as the first part ``p0``."""
+    ident, first = _identity(d), _identity(d0)
+    if ident["fingerprint"] is None:
+        raise ShardError(f"{p} records no model fingerprint (written by an older musicembed), so merge cannot "
+                         "check that it was embedded with the same weights, window and hop as the other parts: "
+                         f"re-embed it with `musicembed embed ... --out {p.name} --shard {spec}`")
+    diffs = differences(ident, first)
+    if diffs:
+        words = "; ".join(w for _, w in diffs)
+        fields = {k for k, _ in diffs}
+        options = (["--model (the same weights)"] if fields - set(WINDOW_FIELDS) else []) + (
+            ["--window and --hop"] if fields & set(WINDOW_FIELDS) else [])
+        raise ShardError(f"{p} and {p0} were embedded differently ({p.name}'s values first): {words}; vectors "
+                         f"of different models or windows are not comparable: run every shard with the same "
+                         f"{', '.join(options)}, and re-embed the parts that differ")
+
+
 def merge(parts: Sequence[str | os.PathLike], out: str | os.PathLike) -> MergeReport:
     """Combine shard outputs (``.npz`` from ``musicembed embed --shard K/N``) into ``out``.
 
@@ -220,8 +248,7 @@ def merge(parts: Sequence[str | os.PathLike], out: str | os.PathLike) -> MergeRe
         if int(d["catalog_count"]) != count or str(d["catalog_digest"]) != digest:
             raise ShardError(f"{p} and {p0} were made from different catalogs ({int(d['catalog_count'])} vs {count} "
                              "files, or different file lists): run every shard on the same folders")
-        if str(d["model"]) != str(d0["model"]):
-            raise ShardError(f"{p} was embedded with model {str(d['model'])!r}, {p0} with {str(d0['model'])!r}")
+        _check_identity(p, d, p0, d0, s)
         same_arrays = sorted(k for k in d if k not in SHARD_KEYS) == layout
         if not same_arrays or d["embeddings"].shape[1:] != d0["embeddings"].shape[1:]:
             raise ShardError(f"{p} and {p0} hold different arrays (e.g. --timestamps or --hierarchical on one only): "
@@ -263,8 +290,10 @@ def merge(parts: Sequence[str | os.PathLike], out: str | os.PathLike) -> MergeRe
     rows.sort()
     merged: dict[str, np.ndarray] = {"model": d0["model"]}
     segments = {m.group(1) for k in layout if (m := _SEGMENT.match(k))}
+    # The four arrays of each segment group, by their exact names: `window_seconds` is no segment array.
+    segment_arrays = {f"{s}_{f}" for s in segments for f in ("vectors", "starts", "ends", "offsets")}
     for name in layout:
-        if name == "model" or any(name.startswith(f"{s}_") for s in segments):
+        if name == "model" or name in segment_arrays:
             continue
         arrs = [d[name] for _, d, _ in loaded]
         if arrs[0].ndim == 0:

@@ -1,6 +1,6 @@
 """Catalog commands: ``index``, ``search``, ``explain``, ``map``, ``merge``.
 
-Registered on the main group by :func:`register`; every heavy import happens inside a command.
+Added to the main group by :mod:`musicembed.cli.main`; every heavy import happens inside a command.
 """
 
 from __future__ import annotations
@@ -8,18 +8,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
 from pathlib import Path
 
 import click
 
-from ..errors import EXIT_FAILED_INPUTS, MusicEmbedError
-
-
-def _fail(msg: str) -> None:
-    from .main import Fatal  # here: main imports this module at its end
-
-    raise Fatal(msg)
+from ..errors import MusicEmbedError
+from .common import fail, load_model_or_fail, report_failures
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -27,23 +21,6 @@ def _size(text: str) -> tuple[int, int]:
     if not m or not (100 <= int(m.group(1)) <= 10000 and 100 <= int(m.group(2)) <= 10000):
         raise click.BadParameter(f"expected WIDTHxHEIGHT in pixels, 100..10000 each (e.g. 1400x800), got {text!r}")
     return int(m.group(1)), int(m.group(2))
-
-
-def _load_model(name: str, device: str | None):
-    from ..model import load_model
-
-    try:
-        return load_model(name, device=device)
-    except (MusicEmbedError, ValueError) as e:  # ValueError: an unusable --device
-        _fail(str(e))
-
-
-def _report_failures(failures: list[tuple[str, str]]) -> None:
-    if failures:
-        click.echo(f"\n{len(failures)} input(s) failed:", err=True)
-        for path, reason in failures:
-            click.echo(f"  {path}: {reason}", err=True)
-        sys.exit(EXIT_FAILED_INPUTS)
 
 
 # ----------------------------------------------------------------------------- index
@@ -84,38 +61,38 @@ def index_command(paths: tuple[Path, ...], out: Path, model_name: str | None, re
     from ..catalog.index import Index, IndexError_, IndexMismatchError
 
     if out.suffix.lower() != ".npz":
-        _fail(f"--out must end in .npz (got {out.name!r})")
+        fail(f"--out must end in .npz (got {out.name!r})")
     existing = None
     if out.exists() and not rebuild:
         try:
             existing = Index.load(out)
         except IndexError_ as e:
-            _fail(f"{e} (use --rebuild to replace it)")
+            fail(f"{e} (use --rebuild to replace it)")
     if existing is not None:
         src = model_name or existing.model.get("source") or existing.model["name"]
-        model = _load_model(src, device)
+        model = load_model_or_fail(src, device)
         if window_seconds or hop_seconds or levels:
             click.echo("note: --window/--hop/--levels apply to new indexes only; keeping the index's settings",
                        err=True)
         try:
             report = existing.update(model, list(paths), rehash=rehash, batch_size=batch_size, progress=progress)
         except IndexMismatchError as e:
-            _fail(f"{out}: {e} To rebuild it with this model, add --rebuild.")
+            fail(f"{out}: {e} To rebuild it with this model, add --rebuild.")
         existing.save(out)
         click.echo(f"updated {out}: {len(existing)} files ({report.summary()}); model {model.name}", err=True)
-        _report_failures(report.failed)
+        report_failures(report.failed)
         return
-    model = _load_model(model_name or "pemr", device)
+    model = load_model_or_fail(model_name or "pemr", device)
     try:
         index = Index.build(model, list(paths), window_seconds=window_seconds, hop_seconds=hop_seconds,
                             levels=levels if model.config.method == "mart" else None, batch_size=batch_size,
                             progress=progress)
     except ValueError as e:
-        _fail(str(e))
+        fail(str(e))
     index.save(out)
     levels = f", {len(index.levels)} levels" if index.levels else ""
     click.echo(f"indexed {len(index)} files in {out} (model {model.name}, {index.model['dim']}-d{levels})", err=True)
-    _report_failures(index.failures)
+    report_failures(index.failures)
 
 
 # ----------------------------------------------------------------------------- search
@@ -159,15 +136,15 @@ def search_command(queries: tuple[Path, ...], index_path: Path, k: int, as_json:
     try:
         index = Index.load(index_path)
     except IndexError_ as e:
-        _fail(str(e))
+        fail(str(e))
     src = model_name or index.model.get("source") or index.model["name"]
-    model = _load_model(src, device)
+    model = load_model_or_fail(src, device)
     try:
         index.check_model(model)
     except IndexMismatchError as e:
-        _fail(f"{index_path}: {e}")
+        fail(f"{index_path}: {e}")
     if span_level and index.levels is not None and span_level >= len(index.levels):
-        _fail(f"--span-level must be 0..{len(index.levels) - 1} for this index")
+        fail(f"--span-level must be 0..{len(index.levels) - 1} for this index")
     failures: list[tuple[str, str]] = []
     for q in queries:
         try:
@@ -176,7 +153,7 @@ def search_command(queries: tuple[Path, ...], index_path: Path, k: int, as_json:
             failures.append((str(q), e.reason))
             continue
         except (MusicEmbedError, ValueError) as e:
-            _fail(str(e))
+            fail(str(e))
         if as_json:
             click.echo(json.dumps({"query": str(q), "index": str(index_path), "model": index.model["name"],
                                    "backend": index.backend(backend, nprobe=nprobe).name,
@@ -190,7 +167,7 @@ def search_command(queries: tuple[Path, ...], index_path: Path, k: int, as_json:
                          f"(query {h.span.query_start:.2f}-{h.span.query_end:.2f} s, level {h.span.level}, "
                          f"similarity {h.span.score:.3f})")
             click.echo(line)
-    _report_failures(failures)
+    report_failures(failures)
 
 
 # ----------------------------------------------------------------------------- explain
@@ -231,22 +208,22 @@ def explain_command(audio: Path, out: Path, model_name: str, masks_path: Path | 
     from ..viz import PlotError, explain_figure, load_mask_generator
 
     dims = _size(size)
-    model = _load_model(model_name, device)
+    model = load_model_or_fail(model_name, device)
     masks, ratio = None, 0.1
     if masks_path is not None:
         if model.config.method != "pemr":
-            _fail("--masks is for PEMR models")
+            fail("--masks is for PEMR models")
         try:
             masks, ratio = load_mask_generator(masks_path, model)
         except (MusicEmbedError, ValueError, RuntimeError) as e:
-            _fail(f"cannot load the mask generator: {e}")
+            fail(f"cannot load the mask generator: {e}")
     try:
         path = explain_figure(model, str(audio), out, start=start, duration=duration or None, masks=masks,
                               ratio=ratio, segment_seconds=segment_seconds, size=dims)
     except AudioError as e:
-        _fail(str(e))
+        fail(str(e))
     except (PlotError, ValueError) as e:
-        _fail(str(e))
+        fail(str(e))
     click.echo(f"wrote {path}", err=True)
 
 
@@ -288,7 +265,7 @@ def map_command(paths: tuple[Path, ...], out: Path, model_name: str, index_path:
         try:
             index = Index.load(index_path)
         except IndexError_ as e:
-            _fail(str(e))
+            fail(str(e))
         vectors, files = index.embeddings, index.paths
         roots = [os.path.abspath(p) for p in paths] or index.roots
         if paths:
@@ -298,12 +275,12 @@ def map_command(paths: tuple[Path, ...], out: Path, model_name: str, index_path:
         name = index.model["name"]
     else:
         if not paths:
-            _fail("give a folder to map, or --index INDEX")
+            fail("give a folder to map, or --index INDEX")
         from ..audio import find_audio_files
 
         found, problems = find_audio_files(list(paths), recursive=True)
         failures += problems
-        model = _load_model(model_name, device)
+        model = load_model_or_fail(model_name, device)
         rows, files = [], []
         for i, res in model.iter_embed(found, progress=progress):
             if isinstance(res, MusicEmbedError):
@@ -318,9 +295,9 @@ def map_command(paths: tuple[Path, ...], out: Path, model_name: str, index_path:
     try:
         fig = map_figure(vectors, files, out, root=root, method=method, size=dims, annotate=labels, model_name=name)
     except (PlotError, ValueError) as e:
-        _fail(str(e))
+        fail(str(e))
     click.echo(f"wrote {fig} ({len(files)} files)", err=True)
-    _report_failures(failures)
+    report_failures(failures)
 
 
 # ----------------------------------------------------------------------------- merge
@@ -333,9 +310,11 @@ def map_command(paths: tuple[Path, ...], out: Path, model_name: str, index_path:
 def merge_command(shards: tuple[Path, ...], out: Path) -> None:
     """Combine the .npz outputs of `musicembed embed ... --shard K/N` into one file.
 
-    Checks that all N shards are there exactly once, come from the same catalog, model and
-    options, and that every catalog file is embedded or recorded as failed, exactly once.
-    The merged file lists files in catalog order, like an unsharded run.
+    Checks that all N shards are there exactly once, come from the same catalog, the same
+    model (name, version, weights fingerprint), --window, --hop and options, and that every
+    catalog file is embedded or recorded as failed, exactly once. A shard written by an older
+    musicembed (no fingerprint) is refused: re-embed it. The merged file lists files in
+    catalog order, like an unsharded run.
 
     \b
     Example:
@@ -346,15 +325,9 @@ def merge_command(shards: tuple[Path, ...], out: Path) -> None:
     try:
         rep = merge(list(shards), out)
     except ShardError as e:
-        _fail(str(e))
+        fail(str(e))
     click.echo(f"merged {rep.shards} shards into {rep.out}: {rep.files} of {rep.catalog_count} files", err=True)
-    _report_failures(rep.failed)
+    report_failures(rep.failed)
 
 
 COMMANDS = (index_command, search_command, explain_command, map_command, merge_command)
-
-
-def register(group: click.Group) -> None:
-    """Add the catalog commands to the ``musicembed`` group."""
-    for cmd in COMMANDS:
-        group.add_command(cmd)

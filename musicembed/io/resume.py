@@ -9,8 +9,12 @@ are not in it.
 
 Layout of ``OUT.partial``: records of ``MAGIC (4 bytes) | payload length (u64 LE) |
 crc32 of the payload (u32 LE) | payload``. The first record (magic ``MEH1``) holds the run's
-settings as JSON: the model (name, version, a fingerprint of config and weights) and the
-options that change vectors. Every later record (``MER1``) is one finished file, an
+settings as JSON (:func:`run_settings`): the model's identity (:mod:`musicembed.identity`:
+name, version, method, dimension, fingerprint of config and weights, window and hop in
+seconds) and the other options that change what is recorded. Results are reused only when
+these equal this run's (the model's ``source`` and the options ``requested`` as given are
+not compared); otherwise ``--resume`` starts over and names each field that differs. Every
+later record (``MER1``) is one finished file, an
 uncompressed ``.npz`` (no pickles) holding its key, the sha256 of the file's content when
 it was recorded, and its :class:`Embedding`. A file's key is its absolute path, size and
 modification time (ns). The rule of ``--resume``: a recorded result is reused when the
@@ -19,6 +23,10 @@ restored backup, ``touch -d``) is therefore not noticed, unless ``--rehash`` is 
 then a result is reused only when the file's sha256 also equals the recorded one (every
 file is read once more). A torn or damaged tail (the record being written when the run
 died) is detected by length and checksum, cut off, and its file embedded again.
+
+Stores of format 1 (older musicembed) record the model's name, version and fingerprint and the
+window and hop as given (None: the model's default) instead of the identity; ``--resume``
+compares those with this run's options as given, and reuses the results with a warning.
 """
 
 from __future__ import annotations
@@ -34,8 +42,9 @@ from typing import Any
 
 import numpy as np
 
-from ..model import Embedding, LevelEmbedding
+from ..results import Embedding, LevelEmbedding
 from ..errors import MusicEmbedError
+from ..identity import differences, model_identity
 from .atomic import remove_stale_temporaries
 
 try:  # POSIX: one run per store at a time
@@ -43,7 +52,8 @@ try:  # POSIX: one run per store at a time
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-FORMAT = 1
+FORMAT = 2
+_LEGACY_FORMAT = 1  # flat settings: model, model_version, model_fingerprint, window/hop as given
 _HEAD = struct.Struct("<4sQI")
 _MAGIC_META = b"MEH1"
 _MAGIC_RECORD = b"MER1"
@@ -71,18 +81,51 @@ def file_key(path: str | os.PathLike) -> str | None:
 
 def run_settings(model, *, window_seconds: float | None, hop_seconds: float | None, timestamps: bool = False,
                  hierarchical: bool = False) -> dict[str, Any]:
-    """What must be equal for stored results to be reused (batch size and device do not change vectors;
-    records keep per-window vectors only with ``timestamps``)."""
+    """What must be equal for stored results to be reused: the model's identity with this
+    window and hop (seconds; None: the model's defaults), ``timestamps`` (records keep
+    per-window vectors only then) and ``hierarchical`` (batch size and device do not change
+    vectors). ``requested`` keeps the window and hop as given, to read format-1 stores."""
     return {
         "format": FORMAT,
-        "model": model.name,
-        "model_version": model.config.version,
-        "model_fingerprint": model.fingerprint(),
-        "window_seconds": window_seconds,
-        "hop_seconds": hop_seconds,
+        "model": model_identity(model, window_seconds=window_seconds, hop_seconds=hop_seconds),
         "timestamps": bool(timestamps),
         "hierarchical": bool(hierarchical),
+        "requested": {"window_seconds": window_seconds, "hop_seconds": hop_seconds},
     }
+
+
+_OPTIONS = ("timestamps", "hierarchical")
+
+
+def settings_changes(stored: dict[str, Any], settings: dict[str, Any]) -> list[tuple[str, str]]:
+    """(field, plain words, stored value first) for each setting that differs between a store's
+    ``stored`` settings and this run's :func:`run_settings`; empty when its results can be reused."""
+    if not isinstance(stored, dict):
+        return [("format", "an unreadable settings record")]
+    if stored.get("format") == _LEGACY_FORMAT:
+        return _legacy_changes(stored, settings)
+    if stored.get("format") != FORMAT or not isinstance(stored.get("model"), dict):
+        return [("format", f"store format {stored.get('format')} vs {FORMAT}")]
+    out = differences(stored["model"], settings["model"])
+    out += [(k, f"{k} {stored.get(k)} vs {settings[k]}") for k in _OPTIONS if stored.get(k) != settings[k]]
+    return out
+
+
+def _legacy_changes(stored: dict[str, Any], settings: dict[str, Any]) -> list[tuple[str, str]]:
+    """:func:`settings_changes` for a format-1 store: the model by name, version and
+    fingerprint; window and hop as given (None: the model's default)."""
+    ident = settings["model"]
+    old = {"name": stored.get("model"), "version": stored.get("model_version"),
+           "fingerprint": stored.get("model_fingerprint")}
+    out = differences(old, ident, ("name", "version", "fingerprint"))
+    asked = settings.get("requested", {})
+    for k, label in (("window_seconds", "window"), ("hop_seconds", "hop")):
+        a, b = stored.get(k), asked.get(k)
+        if a != b:
+            out.append((k, f"{label} {'the default' if a is None else f'{a:g} s'} vs "
+                           f"{'the default' if b is None else f'{b:g} s'}"))
+    out += [(k, f"{k} {stored.get(k)} vs {settings[k]}") for k in _OPTIONS if stored.get(k) != settings[k]]
+    return out
 
 
 def content_hash(key: str) -> str | None:
@@ -222,18 +265,24 @@ class PartialStore:
             size = os.fstat(f.fileno()).st_size
             if resume:
                 meta, done, good = read_records(f, store.hashes)
+                changes = settings_changes(meta, settings) if meta is not None else []
                 if meta is None:
                     note = f"--resume: no partial results in {path}; embedding everything"
-                elif meta != settings:
-                    changed = sorted(k for k in settings if meta.get(k) != settings[k])
+                elif changes:
                     note = (f"--resume: the partial results in {path} were made with a different "
-                            f"{', '.join(changed)}; starting over")
+                            f"{', '.join(k for k, _ in changes)}; starting over "
+                            f"(recorded vs this run: {'; '.join(w for _, w in changes)})")
                     done = {}
                 else:
                     if good < size:
                         note = (f"--resume: {path} is damaged from byte {good} on ({size - good} bytes: a record "
                                 "torn when the run was interrupted, or damaged since); the files recorded there "
                                 "are embedded again")
+                    if meta.get("format") == _LEGACY_FORMAT:
+                        legacy = (f"warning: --resume: {path} was written by an older musicembed, which recorded "
+                                  "the model's name, version and fingerprint but not the window and hop it used; "
+                                  "its results are reused because these and the options as given match")
+                        note = legacy + (f"\n{note}" if note else "")
                     f.truncate(good)
                     os.fsync(f.fileno())
                     return store, done, note
