@@ -18,8 +18,8 @@ import torch
 
 from musicembed.config import ModelConfig
 from musicembed.train.augment import AugmentConfig, Augmenter
-from musicembed.train.objectives import build_objective
 from musicembed.train.config import resolve
+from musicembed.train.objectives import build_objective
 
 
 def median_seconds(fn: Callable[[], None], repeats: int) -> float:

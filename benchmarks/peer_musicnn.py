@@ -41,8 +41,8 @@ def main() -> None:
     if args.limit:
         files = files[: args.limit]
     audio = sum(sf.info(p).duration for p in files)
-    import io
     import contextlib
+    import io
 
     t0 = time.perf_counter()
     for p in files:

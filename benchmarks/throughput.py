@@ -322,7 +322,7 @@ def ablation(name: str, mp3: Path) -> dict:
             return sum(len(b) for _, b in audio.stream_many([mp3], sr, threads=k) if isinstance(b, np.ndarray))
         decode[f"decode + downmix + resample, {k} thread(s)"] = _xrt(dur, _timed(dec, max(rep, 2))[0])
     for k in (1, 2):
-        decode[f"end to end, {k} decode thread(s)"] = _xrt(dur, _timed(lambda: model.embed(mp3, decode_threads=k),
+        decode[f"end to end, {k} decode thread(s)"] = _xrt(dur, _timed(lambda k=k: model.embed(mp3, decode_threads=k),
                                                                        rep)[0])
     out["decode_threads_x_realtime"] = decode
 
@@ -332,7 +332,7 @@ def ablation(name: str, mp3: Path) -> dict:
     m = load_model(name, device="cpu")
     m.embed(mono[: window * 3], sample_rate=sr)
     for k in sorted({1, os.cpu_count() or 1}):
-        threads[f"{k} torch thread(s) for the model"] = _xrt(dur, _timed(lambda: m.embed(mp3, threads=k), rep)[0])
+        threads[f"{k} torch thread(s) for the model"] = _xrt(dur, _timed(lambda k=k: m.embed(mp3, threads=k), rep)[0])
     threads["library default (model threads = cores - decode threads)"] = _xrt(dur, _timed(lambda: m.embed(mp3), rep)[0])
     torch.set_num_threads(old)
     out["end_to_end_threads_x_realtime"] = threads

@@ -28,8 +28,8 @@ import numpy as np
 with atheris.instrument_imports(include=["musicembed", "soundfile", "soxr"]):
     from musicembed.audio import AUDIO_EXTENSIONS
     from musicembed.config import EncoderConfig, FrontendConfig, ModelConfig
-    from musicembed.model import Model
     from musicembed.errors import AudioError
+    from musicembed.model import Model
     from musicembed.models import build_model
 
 EXTENSIONS = sorted(AUDIO_EXTENSIONS) + [".bin"]

@@ -7,10 +7,10 @@
 
 from __future__ import annotations
 
-from .model import Model, load_model
-from .results import Embedding, EmbedError, LevelEmbedding
 from .errors import AudioError, MusicEmbedError, WeightsError
 from .hub import list_models
+from .model import Model, load_model
+from .results import Embedding, EmbedError, LevelEmbedding
 
 __version__ = "0.1.0"
 

@@ -28,7 +28,6 @@ import threading
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import soundfile as sf
@@ -37,8 +36,8 @@ import torch
 
 from .errors import AudioError
 
-PathLike = Union[str, os.PathLike]
-AudioInput = Union[PathLike, np.ndarray, torch.Tensor]
+PathLike = str | os.PathLike
+AudioInput = PathLike | np.ndarray | torch.Tensor
 
 BLOCK_SECONDS = 30.0
 MAX_CHANNELS = 64  # a 2-D array whose shorter axis is longer than this is not audio
@@ -571,7 +570,7 @@ class _DecodePool:
             return _Plan(name, rate, channels, block, range(1), 2, declared, damage)
         return None  # long Ogg: its seeks are not sample-exact in libsndfile; read in order here
 
-    def _consume(self, i: int, plan: "_Plan", futures, fill):
+    def _consume(self, i: int, plan: _Plan, futures, fill):
         rs = _Resampler(plan.rate, self.sample_rate)
         total = produced = 0
         for k in range(len(plan)):
@@ -656,6 +655,9 @@ def find_audio_files(paths: list[PathLike], recursive: bool = False, *,
             seen.add(key)
             files.append(p)
 
+    def unlistable(e: OSError) -> None:  # os.walk would skip an unreadable folder without a word
+        problems.append((str(e.filename), f"cannot list this folder: {e.strerror or e}"))
+
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
@@ -664,9 +666,6 @@ def find_audio_files(paths: list[PathLike], recursive: bool = False, *,
                 continue
             found = []
             visited: set[str] = set()
-
-            def unlistable(e: OSError) -> None:  # os.walk would skip an unreadable folder without a word
-                problems.append((str(e.filename), f"cannot list this folder: {e.strerror or e}"))
 
             for root, dirs, names in os.walk(p, followlinks=True, onerror=unlistable):
                 real = os.path.realpath(root)

@@ -252,7 +252,7 @@ class ModelConfig:
             "window_samples": _between(1, MAX_WINDOW_SECONDS * rate),
         })
         try:
-            self.embedding_dim
+            _ = self.embedding_dim
         except ValueError as e:
             raise ValueError(_at(where, f"encoder.pools: {e} ({self.frontend.n_mels} mel bands)")) from None
 
@@ -285,7 +285,7 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], where: str = "") -> "ModelConfig":
+    def from_dict(cls, d: dict[str, Any], where: str = "") -> ModelConfig:
         """Build and :meth:`validate` a config; errors name ``where`` (e.g. the file) and the field."""
         d = dict(d)
         version = d.get("format_version", FORMAT_VERSION)
@@ -313,7 +313,7 @@ class ModelConfig:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path) -> "ModelConfig":
+    def load(cls, path: str | Path) -> ModelConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 

@@ -238,7 +238,8 @@ def export(model, out: str | os.PathLike, fmt: str = "onnx", levels: str = "0", 
     :func:`probe_inputs` and compared with the PyTorch model; the largest absolute difference
     is returned in the result. It must not exceed ``tolerance * max(1, largest |output|)``
     (absolute for embeddings of order 1, relative for larger ones: the vectors of silent
-    audio reach values near 100), else ``RuntimeError`` is raised and nothing is written. ONNX verification needs onnxruntime and is skipped
+    audio reach values near 100), else ``RuntimeError`` is raised and nothing is written. ONNX verification
+    needs onnxruntime and is skipped
     (``max_abs_diff=None``) without it. The file is written atomically.
     """
     from .model import Model, load_model

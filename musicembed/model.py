@@ -175,7 +175,7 @@ class Model:
             return np.zeros((0, self.embedding_dim), np.float32)
         return np.stack([r.clip for r in results])  # type: ignore[union-attr]
 
-    def to(self, device: str | torch.device) -> "Model":
+    def to(self, device: str | torch.device) -> Model:
         """Move the model to ``device`` ('cpu', 'cuda', 'cuda:1', ...); ValueError if it is not
         usable here. Not while another thread embeds with it (pass ``device=`` to ``embed`` instead)."""
         self.device = _check_device(device) or self.device
@@ -353,7 +353,7 @@ def load_model(name: str | os.PathLike = "pemr", device: str | torch.device | No
     resolved = hub.resolve(name, force_download=force_download)
     try:
         net = build_model(resolved.config)
-        resolved.config.embedding_dim  # raises for an encoder that pools the mel axis away
+        _ = resolved.config.embedding_dim  # raises for an encoder that pools the mel axis away
     except (TypeError, ValueError, RuntimeError, AttributeError, IndexError, KeyError) as e:  # odd config values
         raise hub.WeightsError(f"{resolved.source}: config.json describes no model that can be built "
                                f"({type(e).__name__}: {e})") from None

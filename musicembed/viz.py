@@ -86,9 +86,9 @@ def load_mask_generator(path: str | os.PathLike, model):
     checkpoint) or one checkpoint folder (``RUN/checkpoints/step-N``). Returns (generator, ratio)."""
     from safetensors.torch import load_file
 
+    from .train.config import TrainConfig
     from .train.masks import MaskGenerator
     from .train.objectives import PEMRObjectiveConfig
-    from .train.config import TrainConfig
 
     p = Path(path)
     if (p / "run.json").is_file():

@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
 
 from musicembed.config import EncoderConfig, FrontendConfig, MartConfig, ModelConfig

@@ -7,9 +7,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from audio_fixtures import SR, chord, noise, tone
 from musicembed.audio import find_audio_files, info, load_audio, stream_audio
 from musicembed.errors import AudioError
+
+from audio_fixtures import SR, chord, noise, tone
 
 
 @pytest.mark.parametrize("fmt,subtype,ext", [

@@ -29,18 +29,19 @@ import re
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
 import soundfile as sf
 from click.testing import CliRunner
 
-from audio_fixtures import SR, noise, tone
 from musicembed import AudioError, EmbedError, load_model
 from musicembed.cli import cli
+
+from audio_fixtures import SR, noise, tone
 
 TIMEOUT = 60  # seconds any one case may take before it counts as a hang
 
@@ -1081,7 +1082,7 @@ def test_kill_at_the_final_rename_leaves_a_temporary_the_next_run_removes(pemr_d
     unrelated = tmp_path / ".out.npz.notes.part.txt"
     unrelated.write_text("not ours")
     r = run_cli([*args, "--resume"])
-    assert r.returncode == 0 and f"removed 1 temporary file(s) left by an interrupted write" in r.stderr, r.stderr
+    assert r.returncode == 0 and "removed 1 temporary file(s) left by an interrupted write" in r.stderr, r.stderr
     assert not left[0].exists() and unrelated.exists() and out.exists()
 
 

@@ -13,9 +13,10 @@ import pytest
 import soundfile as sf
 from click.testing import CliRunner
 
-from audio_fixtures import SR, noise, tone
 from musicembed import load_model
 from musicembed.cli import cli
+
+from audio_fixtures import SR, noise, tone
 
 
 @pytest.fixture()

@@ -12,10 +12,11 @@ import torchaudio
 from click.testing import CliRunner
 from torch import nn
 
-from audio_fixtures import chord
 from musicembed import WeightsError, load_model
 from musicembed.cli import cli
 from musicembed.convert import convert_pemr_official, read_checkpoint
+
+from audio_fixtures import chord
 
 
 class AuthorsBlock(nn.Module):

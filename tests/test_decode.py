@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from audio_fixtures import SR, chord, noise, tone
 from musicembed import load_model
 from musicembed.audio import AudioError, StreamEnd, stream_audio, stream_many
+
+from audio_fixtures import SR, chord, noise, tone
 
 FORMATS = [("wav", "WAV", "PCM_16"), ("flac", "FLAC", "PCM_16"), ("mp3", "MP3", None), ("ogg", "OGG", "VORBIS")]
 

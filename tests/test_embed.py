@@ -9,8 +9,9 @@ import pytest
 import soundfile as sf
 import torch
 
+from musicembed import AudioError, Embedding, EmbedError, load_model
+
 from audio_fixtures import SR, chord, noise, tone
-from musicembed import AudioError, EmbedError, Embedding, load_model
 
 
 @pytest.fixture(scope="module")

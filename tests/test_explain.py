@@ -12,10 +12,11 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import save_file
 
-from audio_fixtures import SR, chord, noise, tiny_pemr_config, tone
 from musicembed import load_model
 from musicembed.cli import cli
 from musicembed.viz import folder_labels, load_mask_generator, mart_structure, pemr_importance, project
+
+from audio_fixtures import SR, chord, noise, tiny_pemr_config, tone
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -42,8 +43,8 @@ def pemr(pemr_dir):
 @pytest.fixture(scope="module")
 def mask_run(tmp_path_factory) -> Path:
     """A `musicembed train` run folder of the tiny PEMR with one checkpoint (random weights)."""
-    from musicembed.train.objectives import PEMRObjective, PEMRObjectiveConfig
     from musicembed.train.config import TrainConfig
+    from musicembed.train.objectives import PEMRObjective, PEMRObjectiveConfig
 
     run = tmp_path_factory.mktemp("run")
     objective = {"layers": 2, "heads": 3, "head_dim": 8, "ff_dim": 32, "ratio": 0.2}

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
 import pytest
 import torch
 import torchaudio
 
-from audio_fixtures import tiny_mart_config, tiny_pemr_config, tone
-from musicembed.windows import level_spans
 from musicembed.config import FrontendConfig, ModelConfig
-from musicembed.presets import mart_config, pemr_config
 from musicembed.frontend import LogMel, mel_filterbank
 from musicembed.models import MARTModel, PEMRModel, build_model
+from musicembed.presets import mart_config, pemr_config
+from musicembed.windows import level_spans
+
+from audio_fixtures import tiny_mart_config, tiny_pemr_config, tone
 
 
 def test_default_frontends_have_no_empty_filters():

@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audio_fixtures import tone
 from musicembed import WeightsError, hub, list_models, load_model
+
+from audio_fixtures import tone
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 

@@ -11,11 +11,21 @@ import pytest
 import soundfile as sf
 from click.testing import CliRunner
 
-from audio_fixtures import make_model_dir, tiny_pemr_config, tone
 from musicembed import load_model
 from musicembed.cli import cli
-from musicembed.identity import (COMPARED, describe, differences, from_stored, mismatch, missing, model_identity,
-                                 stored_fields, windows_shown)
+from musicembed.identity import (
+    COMPARED,
+    describe,
+    differences,
+    from_stored,
+    mismatch,
+    missing,
+    model_identity,
+    stored_fields,
+    windows_shown,
+)
+
+from audio_fixtures import make_model_dir, tiny_pemr_config, tone
 
 
 @pytest.fixture(scope="module")

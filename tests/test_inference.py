@@ -12,11 +12,12 @@ import soundfile as sf
 import torch
 from torch import nn
 
-from audio_fixtures import SR, chord, noise, tone
 from musicembed import load_model
 from musicembed.audio import load_audio
 from musicembed.model import _to_device
-from musicembed.optimize import Prepared, fold_batchnorm, native_bf16, prepare
+from musicembed.optimize import Prepared, fold_batchnorm, prepare
+
+from audio_fixtures import SR, chord, noise, tone
 
 
 @pytest.fixture(scope="module")

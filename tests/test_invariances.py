@@ -11,11 +11,11 @@ import torch
 
 from musicembed import load_model
 from musicembed.audio import load_audio
-from musicembed.windows import level_spans
 from musicembed.config import ModelConfig
-from musicembed.presets import mart_config, pemr_config
 from musicembed.models import build_model
+from musicembed.presets import mart_config, pemr_config
 from musicembed.train.config import resolve
+from musicembed.windows import level_spans
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "audio" / "supertuxkart-bay-excerpt.ogg"
 PART_S = 0.25

@@ -16,11 +16,12 @@ import pytest
 import soundfile as sf
 from click.testing import CliRunner
 
-from audio_fixtures import make_model_dir, noise, tiny_pemr_config, tone
 from musicembed import load_model
-from musicembed.io.resume import PartialStore, file_key, partial_path, read_records, run_settings
 from musicembed.cli import cli
+from musicembed.io.resume import PartialStore, file_key, partial_path, read_records, run_settings
 from musicembed.model import Model
+
+from audio_fixtures import make_model_dir, noise, tiny_pemr_config, tone
 
 N_FILES = 30
 

@@ -21,13 +21,14 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from audio_fixtures import make_model_dir, tiny_pemr_config
 from musicembed import load_model
+from musicembed.catalog.index import FaissBackend, Index, IndexMismatchError, NumpyBackend, model_identity
 from musicembed.cli import cli
 from musicembed.config import EncoderConfig, FrontendConfig, ModelConfig
-from musicembed.model import Model
 from musicembed.frontend import LogMel
-from musicembed.catalog.index import FaissBackend, Index, IndexMismatchError, NumpyBackend, model_identity
+from musicembed.model import Model
+
+from audio_fixtures import make_model_dir, tiny_pemr_config
 
 SR = 16000  # the tiny models' rate: no resampling, so excerpts match sample for sample
 COPIES = ("copy.mp3", "copy.ogg", "gain.flac", "noisy.wav")

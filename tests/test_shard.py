@@ -10,10 +10,11 @@ import pytest
 import soundfile as sf
 from click.testing import CliRunner
 
-from audio_fixtures import SR, chord, make_model_dir, tiny_pemr_config, tone
 from musicembed import load_model
-from musicembed.cli import cli
 from musicembed.catalog.shard import ShardError, list_catalog, merge, parse_spec, shard_of
+from musicembed.cli import cli
+
+from audio_fixtures import SR, chord, make_model_dir, tiny_pemr_config, tone
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from audio_fixtures import tone
 from musicembed import WeightsError, hub, load_model
 from musicembed.cli import cli
+
+from audio_fixtures import tone
 
 PACKAGE = Path(hub.__file__).parent
 

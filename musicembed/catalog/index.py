@@ -47,8 +47,7 @@ import numpy as np
 
 from ..errors import AudioError, MusicEmbedError
 from ..hub import sha256_file
-from ..identity import (WINDOW_FIELDS, describe, differences, missing, model_identity, stored_fields,
-                        windows_shown)
+from ..identity import WINDOW_FIELDS, describe, differences, missing, model_identity, stored_fields, windows_shown
 
 INDEX_FORMAT = "musicembed-index"
 INDEX_VERSION = 1
@@ -256,7 +255,7 @@ class _Rows:
 
     @classmethod
     def of(cls, paths: list[str], stats: Sequence[tuple[int, int]], hashes: list[str], durations: Sequence[float],
-           embeddings: Sequence[np.ndarray], dim: int, levels: list[dict[str, np.ndarray]] | None) -> "_Rows":
+           embeddings: Sequence[np.ndarray], dim: int, levels: list[dict[str, np.ndarray]] | None) -> _Rows:
         """Rows from per-file values: ``stats`` (size in bytes, mtime in ns), ``durations`` (seconds)
         and clip ``embeddings`` (D,) each."""
         return cls(
@@ -269,7 +268,7 @@ class _Rows:
             levels=levels,
         )
 
-    def take(self, rows: Sequence[int]) -> "_Rows":
+    def take(self, rows: Sequence[int]) -> _Rows:
         """The rows ``rows`` (positions, in that order; repeats allowed)."""
         idx = np.asarray(rows, dtype=np.int64)
         return _Rows(
@@ -282,7 +281,7 @@ class _Rows:
             levels=_take_levels(self.levels, idx),
         )
 
-    def concat(self, other: "_Rows") -> "_Rows":
+    def concat(self, other: _Rows) -> _Rows:
         """These rows, then ``other``'s."""
         return _Rows(
             paths=self.paths + other.paths,
@@ -399,7 +398,7 @@ class Index:
     def build(cls, model, paths: Sequence[str | os.PathLike], *, hierarchical: bool | None = None,
               window_seconds: float | None = None, hop_seconds: float | None = None, batch_size: int | None = None,
               levels: int | None = None, progress: bool | None = None,
-              on_error: Callable[[str, str], None] | None = None) -> "Index":
+              on_error: Callable[[str, str], None] | None = None) -> Index:
         """Embed every audio file in ``paths`` (files and folders, searched recursively).
 
         ``hierarchical`` (default: True for MART models) keeps MART's per-level vectors (as
@@ -586,7 +585,7 @@ class Index:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Index":
+    def load(cls, path: str | os.PathLike) -> Index:
         """Read an index written by :meth:`save`."""
         path = Path(path)
         if not path.is_file():

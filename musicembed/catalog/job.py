@@ -50,7 +50,8 @@ class JobReport:
 
 def check_options(opts: JobOptions) -> None:
     """Refuse option combinations that cannot work, before any model is loaded."""
-    from ..io.writers import FORMATS, check_options as check_layout
+    from ..io.writers import FORMATS
+    from ..io.writers import check_options as check_layout
 
     out = opts.out
     if out is not None and out.suffix.lower() not in FORMATS:

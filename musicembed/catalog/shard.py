@@ -90,7 +90,7 @@ class Catalog:
     def digest(self) -> str:
         return catalog_digest(self.keys)
 
-    def select(self, spec: ShardSpec) -> "ShardSelection":
+    def select(self, spec: ShardSpec) -> ShardSelection:
         rows = [i for i, k in enumerate(self.keys) if shard_of(k, spec.count) == spec.index]
         return ShardSelection(spec, self, rows)
 

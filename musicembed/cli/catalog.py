@@ -130,8 +130,8 @@ def search_command(queries: tuple[Path, ...], index_path: Path, k: int, as_json:
       musicembed search query.mp3 --index music.index.npz -k 10
       musicembed search query.mp3 --index music.index.npz --json
     """
-    from ..errors import AudioError
     from ..catalog.index import Index, IndexError_, IndexMismatchError
+    from ..errors import AudioError
 
     try:
         index = Index.load(index_path)

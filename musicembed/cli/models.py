@@ -58,7 +58,8 @@ def models(as_json: bool) -> None:
              "description")]
     for name, e in sorted(manifest.items()):
         offline, where, problem = status(name, e)
-        rows.append((name, str(e.get("version", "-")), e.get("method", "?"), str(e.get("embedding_dim", "?")), str(e.get("sample_rate", "?")),
+        rows.append((name, str(e.get("version", "-")), e.get("method", "?"), str(e.get("embedding_dim", "?")),
+                     str(e.get("sample_rate", "?")),
                      "yes" if offline else "no", where, weights_sha(e), hub_repo(e),
                      problem or e.get("description", "")))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]

@@ -7,6 +7,7 @@ the free-music evaluation (with its degradations and bootstrap intervals), and t
 
 from __future__ import annotations
 
+from .bootstrap import TrackMetric, bootstrap_interval, paired_difference
 from .datasets import (
     GTZAN_GENRES,
     DatasetError,
@@ -17,7 +18,6 @@ from .datasets import (
     load_shs100k_sub,
     mtat_tags,
 )
-from .bootstrap import TrackMetric, bootstrap_interval, paired_difference
 from .degrade import DEGRADATIONS, add_noise, gain, lowpass, pitch_shift, time_stretch
 from .embeddings import Embedded, embed_files
 from .finetune import FinetuneConfig, WaveformDataset, finetune, label_subset, model_encoder_factory

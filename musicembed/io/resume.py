@@ -42,9 +42,9 @@ from typing import Any
 
 import numpy as np
 
-from ..results import Embedding, LevelEmbedding
 from ..errors import MusicEmbedError
 from ..identity import differences, model_identity
+from ..results import Embedding, LevelEmbedding
 from .atomic import remove_stale_temporaries
 
 try:  # POSIX: one run per store at a time
@@ -244,7 +244,7 @@ class PartialStore:
 
     @classmethod
     def open(cls, out: str | os.PathLike, settings: dict[str, Any],
-             resume: bool) -> tuple["PartialStore", dict[str, Embedding], str | None]:
+             resume: bool) -> tuple[PartialStore, dict[str, Embedding], str | None]:
         """Open (and lock) ``OUT.partial``. Returns the store, the results it already holds (only with
         ``resume`` and matching settings) and a note for the user, or None."""
         path = partial_path(out)

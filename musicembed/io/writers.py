@@ -10,7 +10,8 @@ Layouts (N files, D dims):
   (W,) seconds and ``window_offsets`` (N+1,) so file i owns rows offsets[i]:offsets[i+1];
   with MART levels, the same four arrays per level as ``level{n}_vectors`` etc.
 - ``.npy``: one structured array (N,) with fields ``path`` (str), ``duration``,
-  ``declared_duration`` (seconds, NaN: unknown) and ``embedding`` (D,) float32, so each row carries its own path (``np.load(f)["embedding"]``
+  ``declared_duration`` (seconds, NaN: unknown) and ``embedding`` (D,) float32, so each row carries its own
+  path (``np.load(f)["embedding"]``
   is the (N, D) matrix); clip vectors only: windows and levels need ``.npz`` or ``.jsonl``.
   A ``.npy`` carries no model identity (a bare array has no place for it, and a column
   would repeat it on every row): write ``.npz`` or ``.jsonl`` where it must be checked later.
@@ -29,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..results import Embedding
 from ..identity import stored_fields
+from ..results import Embedding
 from .atomic import atomic_write
 
 FORMATS = (".npz", ".npy", ".jsonl")

@@ -60,8 +60,8 @@ def _given(**values: Any) -> dict[str, Any]:
 
 def _run(method: str, params: dict[str, Any], objective: dict[str, Any]) -> None:
     from . import distributed
-    from .loop import train
     from .config import TrainConfig, resolve
+    from .loop import train
 
     ctx = click.get_current_context()
     if params["resume"]:

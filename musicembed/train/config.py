@@ -2,7 +2,8 @@
 
 ``--config`` values are applied in order: a preset name (``default`` or ``tiny``, both in
 :mod:`musicembed.presets`), a path to a JSON file or an inline JSON object. An object's keys
-are :class:`~musicembed.config.ModelConfig` fields (nested dicts merge into nested configs), plus optional ``objective`` and ``augment``
+are :class:`~musicembed.config.ModelConfig` fields (nested dicts merge into nested configs), plus optional
+``objective`` and ``augment``
 sections for the loss and augmentation options.
 """
 

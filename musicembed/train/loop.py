@@ -37,9 +37,9 @@ from tqdm import tqdm
 from ..hub import save_pretrained
 from . import distributed
 from .augment import AugmentConfig, Augmenter
+from .config import TrainConfig
 from .data import build_cache, cached_pieces, default_cache_dir, list_tracks, make_loader
 from .objectives import build_objective
-from .config import TrainConfig
 
 CHECKPOINTS = "checkpoints"
 LOG_NAME = "log.csv"

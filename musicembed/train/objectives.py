@@ -14,9 +14,9 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..models import MARTModel, PEMRModel, build_model
-from .masks import MaskGenerator, lowest_frames
 from . import distributed
 from .losses import barlow_twins, mart_loss, negative_diagonal
+from .masks import MaskGenerator, lowest_frames
 
 MASK_MODES = ("none", "pos", "posneg")
 

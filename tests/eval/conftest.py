@@ -8,13 +8,11 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 import torch
+from eval_helpers import SR, TIMBRES, melody, synth
 
 from musicembed.config import EncoderConfig, FrontendConfig, ModelConfig
 from musicembed.hub import save_pretrained
 from musicembed.models import build_model
-
-from eval_helpers import SR, TIMBRES, melody, synth
-
 
 # (timbre, transposition in semitones, split of its tracks): two training sources with
 # held-out "val" tracks, three "select" and two "report" sources held out whole

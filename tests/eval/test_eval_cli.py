@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 from click.testing import CliRunner
+from eval_helpers import synth
 
 from musicembed.eval import datasets as ds
 from musicembed.eval.cli import eval_command
-
-from eval_helpers import synth
 
 GTZAN_SR = 8000
 

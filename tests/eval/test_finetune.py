@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from eval_helpers import SR, synth
 from torch import nn
 
 from musicembed.eval.finetune import (
@@ -17,8 +18,6 @@ from musicembed.eval.finetune import (
     label_subset,
     model_encoder_factory,
 )
-
-from eval_helpers import SR, synth
 
 
 def test_label_subset_single_label_is_stratified_and_seeded() -> None:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from eval_helpers import SR, melody, synth
 
 from musicembed.eval.systems import MFCCEmbedder, RandomFCNEmbedder, load_system
-
-from eval_helpers import SR, melody, synth
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from musicembed.train.loop import list_checkpoints
 from musicembed.train.config import TrainConfig, resolve
+from musicembed.train.loop import list_checkpoints
 
 # One torchrun launch trains both methods (process start-up dominates the test's time).
 WORKER = """

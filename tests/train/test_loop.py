@@ -16,8 +16,8 @@ from click.testing import CliRunner
 
 import musicembed
 from musicembed.train.cli import train_command
-from musicembed.train.loop import list_checkpoints, train
 from musicembed.train.config import TrainConfig, resolve
+from musicembed.train.loop import list_checkpoints, train
 
 
 def losses(run_dir: Path) -> list[tuple[int, float]]:

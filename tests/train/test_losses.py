@@ -7,11 +7,12 @@ import math
 import numpy as np
 import pytest
 import torch
-from audio_fixtures import tiny_mart_config
 
-from musicembed.train.masks import MaskGenerator, lowest_frames
 from musicembed.train.losses import barlow_twins, mart_loss, negative_diagonal
+from musicembed.train.masks import MaskGenerator, lowest_frames
 from musicembed.train.objectives import build_objective
+
+from audio_fixtures import tiny_mart_config
 
 
 def _standardize(z: np.ndarray) -> np.ndarray:
