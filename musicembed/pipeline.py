@@ -1,15 +1,18 @@
 """The embedding pipeline: decoded blocks -> windows -> batches -> network -> pooled results.
 
 One decode pool (:func:`musicembed.audio.stream_many`) reads files ahead in its own
-threads while this thread cuts windows and runs the network, so decoding overlaps with
-compute and memory stays bounded: a few blocks of audio and one batch of windows are alive
-at a time, whatever the file length. Windows of different files share batches.
+threads, and one more thread resamples its blocks in order, while this thread cuts windows
+and runs the network; decoding overlaps with compute and memory stays bounded: a few blocks
+of audio and one batch of windows are alive at a time, whatever the file length. Windows
+of different files share batches.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import queue
+import threading
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -59,6 +62,55 @@ def fewer_torch_threads(threads: int | None) -> Iterator[None]:
     finally:
         if torch.get_num_threads() == threads:
             torch.set_num_threads(before)
+
+
+def _read_ahead(items: Generator, depth: int = 4) -> Generator:
+    """``items`` consumed by a thread of its own, up to ``depth`` items ahead: the decode pool's
+    last step (resampling, which is sequential within a file) then runs while the network
+    computes. Errors reach the caller at the item where they happened; closing this
+    generator stops the thread and closes ``items``."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+            put((end, None))
+        except BaseException as e:  # noqa: BLE001 - raised in the caller's thread
+            put((end, e))
+        finally:
+            items.close()
+
+    thread = threading.Thread(target=work, name="musicembed-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            try:
+                item, error = q.get(timeout=0.5)
+            except queue.Empty:
+                if not thread.is_alive() and q.empty():
+                    raise RuntimeError("the decoding thread ended without finishing its inputs") from None
+                continue
+            if error is not None:
+                raise error
+            if item is end:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 @dataclass
@@ -163,7 +215,7 @@ def run(
     batch: list[tuple[int, int, np.ndarray]] = []  # (input index, start sample, window)
     ready: dict[int, Embedding | AudioError] = {}
     next_out = 0
-    blocks = stream_many(inputs, sample_rate, source_rate=source_rate, threads=decode_threads)
+    blocks = _read_ahead(stream_many(inputs, sample_rate, source_rate=source_rate, threads=decode_threads))
     try:
         done = False
         while not done:
