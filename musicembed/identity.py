@@ -88,22 +88,20 @@ def _seconds(v: Any) -> str:
     return f"{v:g} s" if isinstance(v, float) else f"{v} s"
 
 
+_IN_WORDS: dict[str, Any] = {
+    "fingerprint": lambda a, b: f"different weights (fingerprint {str(a)[:_SHORT]} vs {str(b)[:_SHORT]})",
+    "name": lambda a, b: f"model {a!r} vs {b!r}",
+    "version": lambda a, b: f"model version {a} vs {b}",
+    "method": lambda a, b: f"method {a} vs {b}",
+    "dim": lambda a, b: f"{a}-d vs {b}-d vectors",
+    "window_seconds": lambda a, b: f"window {_seconds(a)} vs {_seconds(b)}",
+    "hop_seconds": lambda a, b: f"hop {_seconds(a)} vs {_seconds(b)}",
+}
+
+
 def _words(field: str, a: Any, b: Any) -> str:
-    if field == "fingerprint":
-        return f"different weights (fingerprint {str(a)[:_SHORT]} vs {str(b)[:_SHORT]})"
-    if field == "name":
-        return f"model {a!r} vs {b!r}"
-    if field == "version":
-        return f"model version {a} vs {b}"
-    if field == "method":
-        return f"method {a} vs {b}"
-    if field == "dim":
-        return f"{a}-d vs {b}-d vectors"
-    if field == "window_seconds":
-        return f"window {_seconds(a)} vs {_seconds(b)}"
-    if field == "hop_seconds":
-        return f"hop {_seconds(a)} vs {_seconds(b)}"
-    return f"{field} {a} vs {b}"
+    words = _IN_WORDS.get(field)
+    return words(a, b) if words else f"{field} {a} vs {b}"
 
 
 def differences(a: Mapping[str, Any], b: Mapping[str, Any],
