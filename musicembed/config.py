@@ -18,7 +18,7 @@ from .windows import MartLevel, mart_levels
 # 2: FrontendConfig.normalize, EncoderConfig.ceil_pools and time_pool (absent in 1, read as
 # their defaults, which compute what format 1 computed).
 FORMAT_VERSION = 2
-NORMALIZE_MODES = ("none", "window")
+NORMALIZE_MODES = ("none", "window", "center")
 TIME_POOLS = ("max", "mean")
 MIN_MODEL_SAMPLE_RATE = 1000  # Hz
 MAX_MODEL_SAMPLE_RATE = 768_000  # Hz
@@ -114,7 +114,8 @@ class FrontendConfig:
     center: bool = True
     # "window": every log-mel the encoder sees (a PEMR window, a MART clip of any level) is
     # standardised to zero mean and unit variance over all its bins, so a gain change of the
-    # input moves nothing. "none": the dB values as computed (converted official checkpoints).
+    # input moves nothing. "center": zero mean only (a gain still moves nothing; the dB range is
+    # kept). "none": the dB values as computed (converted official checkpoints).
     normalize: str = "none"
 
     def __post_init__(self) -> None:

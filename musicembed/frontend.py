@@ -41,19 +41,25 @@ def mel_filterbank(cfg: FrontendConfig) -> torch.Tensor:
     return fb
 
 
-NORM_EPS = 1e-5  # dB; floor of the standard deviation of a window's log-mel
+# dB; the smallest standard deviation a window's log-mel is divided by. Below it (silence,
+# near-constant windows) the deviations are only scaled down: dividing by a vanishing
+# deviation would blow float rounding up to unit-size values, differently in every runtime.
+MIN_STD_DB = 1.0
 
 
 def finish_db(db: torch.Tensor, cfg: FrontendConfig) -> torch.Tensor:
     """The steps after 10*log10 shared by every log-mel implementation: the ``top_db`` clip, then
-    (``normalize="window"``) zero mean and unit variance over each (n_mels, frames) log-mel."""
+    (``normalize="window"``) zero mean and unit variance over each (n_mels, frames) log-mel, or
+    (``"center"``) zero mean only, which keeps the log-mel's dynamic range."""
     if cfg.top_db is not None:
         peak = db.amax(dim=(-2, -1), keepdim=True)
         db = torch.maximum(db, peak - cfg.top_db)
+    if cfg.normalize == "center":
+        return db - db.mean(dim=(-2, -1), keepdim=True)
     if cfg.normalize == "window":
         mean = db.mean(dim=(-2, -1), keepdim=True)
         std = (db - mean).square().mean(dim=(-2, -1), keepdim=True).sqrt()
-        db = (db - mean) / (std + NORM_EPS)
+        db = (db - mean) / std.clamp(min=MIN_STD_DB)
     return db
 
 

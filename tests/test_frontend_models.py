@@ -14,7 +14,7 @@ from musicembed.models import MARTModel, PEMRModel, build_model
 from musicembed.presets import mart_config, pemr_config
 from musicembed.windows import level_spans
 
-from audio_fixtures import tiny_mart_config, tiny_pemr_config, tone
+from audio_fixtures import chord, noise, tiny_mart_config, tiny_pemr_config, tone
 
 
 def test_default_frontends_have_no_empty_filters():
@@ -137,3 +137,19 @@ def test_config_round_trip_and_unknown_keys(tmp_path):
         ModelConfig.from_dict({**cfg.to_dict(), "bogus": 1})
     with pytest.raises(ValueError, match="newer"):
         ModelConfig.from_dict({**cfg.to_dict(), "format_version": 99})
+
+
+@pytest.mark.parametrize("mode", ["window", "center"])
+def test_normalised_log_mel_ignores_gain_and_silence_stays_finite(mode):
+    """Both normalisations remove a gain change (a constant in dB); "center" keeps the
+    dynamic range in dB, "window" scales it to unit deviation; silence gives zeros."""
+    cfg = FrontendConfig(n_fft=512, hop_length=256, n_mels=32, top_db=60.0, normalize=mode)
+    lm = LogMel(cfg)
+    x = torch.from_numpy(chord(seconds=1.0)[None] + 0.01 * noise(1.0)[None]).float()
+    a, b = lm(x), lm(x * 10 ** (-20 / 20))
+    assert (a - b).abs().max().item() < 1e-3
+    assert abs(a.mean().item()) < 1e-4
+    std = a.std().item()
+    assert (abs(std - 1.0) < 1e-2) if mode == "window" else std > 3.0  # dB spread of real audio
+    silent = lm(torch.zeros(1, 16000))
+    assert torch.isfinite(silent).all() and silent.abs().max().item() == 0.0
