@@ -22,11 +22,11 @@ from torch import nn
 
 from . import hub, pipeline
 from .audio import AudioInput, default_decode_threads
+from .calibration import CALIBRATION_NAME, RELATIONS, Calibration, find_calibration
 from .config import MAX_WINDOW_SECONDS, ModelConfig
 from .errors import AudioError
 from .models import build_model
 from .optimize import Prepared, fast_options, prepare
-from .calibration import CALIBRATION_NAME, RELATIONS, Calibration, find_calibration
 from .results import Comparison, Embedding, EmbedError, LevelEmbedding, SpanMatch, TruncatedAudioWarning
 
 __all__ = ["Comparison", "Embedding", "EmbedError", "LevelEmbedding", "Model", "SpanMatch", "TruncatedAudioWarning",

@@ -38,8 +38,7 @@ import numpy as np
 
 from ..calibration import CALIBRATION_FORMAT, CALIBRATION_VERSION, RELATIONS, Calibration, uniform_prior
 from .embeddings import embed_files
-from .free_music import (FreeMusicConfig, _degraded_copies, cut_excerpts, read_covers, read_manifest,
-                         split_tracks)
+from .free_music import FreeMusicConfig, _degraded_copies, cut_excerpts, read_covers, read_manifest, split_tracks
 from .systems import System
 
 GRID_POINTS = 401
