@@ -164,7 +164,10 @@ class Calibration:
 
         out = Path(path)
         text = json.dumps(self.doc, indent=1) + "\n"
-        atomic_write(out, lambda tmp: Path(tmp).write_text(text))
+        def write(tmp: str) -> None:
+            Path(tmp).write_text(text)
+
+        atomic_write(out, write)
         return out
 
     def _at_least_curves(self, prior: Mapping[str, float] | None) -> np.ndarray:
