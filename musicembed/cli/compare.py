@@ -53,7 +53,7 @@ def compare_command(a: Path, b: Path, model_name: str, as_json: bool, span_level
     if as_json:
         click.echo(json.dumps(c.to_dict()))
         return
-    click.echo(f"similarity {c.similarity:.4f} (cosine of the clip vectors)")
+    click.echo(f"similarity {c.similarity:.5f} (cosine of the clip vectors)")
     if c.relation is None:
         click.echo("relation: not available (this model has no calibration)")
     else:
