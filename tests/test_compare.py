@@ -193,3 +193,53 @@ def test_cli_compare_handles_bad_files_like_embed(pemr_dir, audio_dir, tmp_path)
     res = runner.invoke(cli, ["compare", str(audio_dir / "tone.wav"), str(audio_dir / "chord.flac"),
                               "--model", str(pemr_dir), "--span-level", "2"])
     assert res.exit_code == 2
+
+
+@pytest.fixture(scope="module")
+def small_catalog(tmp_path_factory, degraded_copy) -> Path:
+    """The example track and three synthesised melodies (the degraded copy stays outside)."""
+    root = tmp_path_factory.mktemp("catalog")
+    shutil.copyfile(EXAMPLE, root / EXAMPLE.name)
+    for seed, base in ((0, 220.0), (1, 330.0), (2, 523.0)):
+        sf.write(root / f"melody{seed}.wav", _render(_melody(seed, base, 48, 0.25), BRIGHT), SR)
+    return root
+
+
+def test_search_hits_carry_relation_and_filters(models, small_catalog, degraded_copy):
+    from musicembed.catalog.index import Index
+
+    pemr = models["pemr"]
+    index = Index.build(pemr, [small_catalog], progress=False)
+    hits = index.search(str(degraded_copy), k=4, model=pemr)
+    assert hits[0].path.endswith(EXAMPLE.name) and hits[0].relation == "same_recording"
+    assert all(h.relation is not None and 0.5 <= h.probability <= 1 for h in hits)
+    assert hits[0].to_dict()["relation"] == "same_recording"
+    same = index.search(str(degraded_copy), k=4, model=pemr, relation="same_recording")
+    assert [h.path for h in same] == [hits[0].path]
+    assert index.search(str(degraded_copy), k=4, model=pemr, min_prob=1.0) == []
+    # a catalog of a million files makes the same similarity less telling than the uniform prior
+    big = index.search(str(degraded_copy), k=1, model=pemr, prior=catalog_prior(1_000_000))[0]
+    assert big.probability <= hits[0].probability
+    with pytest.raises(ValueError, match="relation must be one of"):
+        index.search(str(degraded_copy), k=1, model=pemr, relation="sibling")
+
+
+def test_cli_search_relation_filters(models, small_catalog, degraded_copy, tmp_path, pemr_dir, audio_dir):
+    runner = CliRunner()
+    idx = tmp_path / "c.index.npz"
+    r = runner.invoke(cli, ["index", str(small_catalog), "--out", str(idx), "--model", "pemr"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(cli, ["search", str(degraded_copy), "--index", str(idx), "-k", "4"])
+    assert r.exit_code == 0, r.output
+    assert "(same recording, p=0." in r.output
+    r = runner.invoke(cli, ["search", str(degraded_copy), "--index", str(idx), "-k", "4", "--json",
+                            "--relation", "same_recording"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert [h["relation"] for h in doc["results"]] == ["same_recording"]
+    assert doc["model_version"] == "1.0" and doc["model_fingerprint"] == models["pemr"].fingerprint()
+    assert doc["model_license"].startswith("MIT")
+    tiny = tmp_path / "t.index.npz"
+    assert runner.invoke(cli, ["index", str(audio_dir), "--out", str(tiny), "--model", str(pemr_dir)]).exit_code == 0
+    r = runner.invoke(cli, ["search", str(audio_dir / "tone.wav"), "--index", str(tiny), "--min-prob", "0.9"])
+    assert r.exit_code == 2 and "no calibration" in r.output
