@@ -243,3 +243,18 @@ def test_cli_search_relation_filters(models, small_catalog, degraded_copy, tmp_p
     assert runner.invoke(cli, ["index", str(audio_dir), "--out", str(tiny), "--model", str(pemr_dir)]).exit_code == 0
     r = runner.invoke(cli, ["search", str(audio_dir / "tone.wav"), "--index", str(tiny), "--min-prob", "0.9"])
     assert r.exit_code == 2 and "no calibration" in r.output
+
+
+def test_outputs_and_card_record_version_licence_and_provenance(models, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "bay.jsonl"
+    r = runner.invoke(cli, ["embed", str(EXAMPLE), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    line = json.loads(out.read_text().splitlines()[0])
+    assert line["model_version"] == "1.0" and line["model_fingerprint"] == models["pemr"].fingerprint()
+    assert line["model_license"] == hub.model_entry("pemr")["license"]
+    card = models["mart"].card
+    assert card["license"].startswith("MIT") and card["training_data"] and card["model_card"] == "docs/models/mart.md"
+    assert card["figures"] and card["calibration"]["thresholds"]["same_recording"] is not None
+    r = runner.invoke(cli, ["models"])
+    assert r.exit_code == 0 and "licence: MIT" in r.output and "figures:" in r.output
