@@ -384,8 +384,8 @@ def markdown(report: dict[str, Any]) -> str:
              "|---|---:|---:|" + "---:|" * len(qs)]
     for r in RELATIONS:
         d = dist[r]
-        lines.append(f"| {r.replace('_', ' ')} | {d['pairs']} | {d['mean']:.3f} | "
-                     + " | ".join(f"{d['quantiles'][q]:.3f}" for q in qs) + " |")
+        lines.append(f"| {r.replace('_', ' ')} | {d['pairs']} | {f(d['mean'])} | "
+                     + " | ".join(f(d['quantiles'][q] if d['quantiles'] else None) for q in qs) + " |")
     s = cv["summary"]
     lines += ["", f"Nested leave-one-source-out ({', '.join(report['folds'])}; {cv['pairs']} pairs, every "
               f"relation weighted equally, i.e. the uniform prior): ECE of the reported relation's probability "

@@ -268,13 +268,17 @@ def free_music(data_dir: Path, split: str, systems: tuple[str, ...], baselines: 
               help="Also write the full report (JSON) here, and its tables beside it (.md).")
 @click.option("--register", "register_name", default=None,
               help="Manifest model name: list --out in its manifest entry with its sha256.")
-@click.option("--excerpt-seconds", type=float, default=10.0, show_default=True)
-@click.option("--robust-seconds", type=float, default=10.0, show_default=True)
+@click.option("--excerpt-seconds", type=float, default=10.0, show_default=True,
+              help="Length of the excerpts of the same-track, same-source and unrelated pairs.")
+@click.option("--min-excerpt-seconds", type=float, default=2.0, show_default=True,
+              help="Tracks whose excerpts would be shorter are left out.")
+@click.option("--robust-seconds", type=float, default=10.0, show_default=True,
+              help="Length of the central clean excerpt of the same-recording pairs.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the degradations' noise.")
 @device_option
 def calibrate_command(data_dir: Path, model_name: str, split: str, work_dir: Path, cache: Path | None, out: Path,
                       report_path: Path | None, register_name: str | None, excerpt_seconds: float,
-                      robust_seconds: float, seed: int, device: str | None) -> None:
+                      min_excerpt_seconds: float, robust_seconds: float, seed: int, device: str | None) -> None:
     """Fit a model's similarity calibration (calibration.json) on held-out sources and check
     it by nested leave-one-source-out cross-validation (ECE, precision and recall).
 
@@ -288,7 +292,8 @@ def calibrate_command(data_dir: Path, model_name: str, split: str, work_dir: Pat
     from .calibrate import calibrate, markdown, register
 
     with _user_errors():
-        cfg = FreeMusicConfig(split=split, excerpt_seconds=excerpt_seconds, robust_seconds=robust_seconds, seed=seed)
+        cfg = FreeMusicConfig(split=split, excerpt_seconds=excerpt_seconds, min_excerpt_seconds=min_excerpt_seconds,
+                              robust_seconds=robust_seconds, seed=seed)
         system = load_system(model_name, device=device)
         fingerprint = load_model(model_name, device="cpu").fingerprint()
         cal, report = calibrate(system, fingerprint, data_dir, work_dir,
