@@ -313,5 +313,45 @@ def calibrate_command(data_dir: Path, model_name: str, split: str, work_dir: Pat
             _log(f"listed {item['path']} (sha256 {item['sha256'][:12]}...) in the manifest entry {register_name!r}")
 
 
+@eval_command.command("mart-levels")
+@click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder with manifest.csv, covers.csv and the audio.")
+@click.option("--model", "model_name", default="mart", show_default=True, help="A MART model name or folder.")
+@click.option("--split", type=click.Choice(SPLITS), default=DEFAULT_SPLIT, show_default=True)
+@click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder of the excerpts and degraded copies (those of `eval free-music --out` are reused).")
+@click.option("--cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Per-level vector cache (.npz; default: WORK_DIR/cache/levels-<model>.npz).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Report JSON (and .md).")
+@click.option("--resamples", type=int, default=1000, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@device_option
+def mart_levels(data_dir: Path, model_name: str, split: str, work_dir: Path, cache: Path | None, out: Path,
+                resamples: int, seed: int, device: str | None) -> None:
+    """Same-track, covers, source-probe and robustness figures for each MART level's vectors
+    (and their concatenation and mean), with 95 % bootstrap intervals (markdown + JSON).
+
+    \b
+    Example:
+      musicembed eval mart-levels --data data/free_music --work-dir eval-results/select --out mart-levels.json
+    """
+    from ..model import load_model
+    from .levels import evaluate_levels, markdown
+
+    with _user_errors():
+        model = load_model(model_name, device=device)
+        if model.config.method != "mart":
+            raise click.ClickException(f"{model_name}: not a MART model")
+        cfg = FreeMusicConfig(split=split, resamples=resamples, seed=seed, probe=ProbeConfig(seed=seed))
+        report = evaluate_levels(model, data_dir, work_dir, cfg,
+                                 cache=cache or work_dir / "cache" / f"levels-{_slug(model_name)}.npz", log=_log)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
+        table = markdown(report)
+        out.with_suffix(".md").write_text(table)
+        click.echo(table)
+        _log(f"wrote {out} and {out.with_suffix('.md')}")
+
+
 if __name__ == "__main__":
     eval_command(prog_name="musicembed eval")

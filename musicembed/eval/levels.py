@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..results import EmbedError
+from .bootstrap import paired_difference
 from .free_music import (
     FreeMusicConfig,
     _degraded_copies,
@@ -104,7 +105,8 @@ def evaluate_levels(model, data_dir: str | os.PathLike, work_dir: str | os.PathL
     per_level = level_vectors(model, files, cache, log)
     class_files = dict(central)
     report: dict[str, Any] = {"split": cfg.split, "tracks": len(split), "files": len(files),
-                              "embedded": len(per_level), "variants": {}}
+                              "embedded": len(per_level), "variants": {}, "differences": {}}
+    scored: dict[str, dict[str, Any]] = {}
     for name, vec in variants(per_level).items():
         metrics = {}
         for task, (_, task_metrics) in (
@@ -115,9 +117,42 @@ def evaluate_levels(model, data_dir: str | os.PathLike, work_dir: str | os.PathL
             metrics.update({f"{task}.{m}": v for m, v in task_metrics.items()})
         table = _interval_table({k: metrics[k] for k, _ in TASKS if k in metrics}, cfg)
         report["variants"][name] = table
+        scored[name] = metrics
         if log:
             log(f"levels: {name} done")
+    base = scored.get("level 0", {})
+    for name, metrics in scored.items():
+        if name != "level 0":
+            report["differences"][name] = {
+                k: paired_difference(metrics[k], base[k], cfg.resamples, cfg.seed)
+                for k, _ in TASKS if k in metrics and k in base}
+    report["recommendations"] = recommend(report)
     return report
+
+
+TASK_OF = {"same_track.map": "same_track", "covers.map": "covers", "robustness.mean": "robustness",
+           "source.roc_auc": "source"}
+"""The metric each recommendation is made on."""
+
+
+def recommend(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per task: the variant whose paired difference from level 0 lies wholly above 0 with the
+    highest value, else level 0 (no other is better beyond the intervals), with one line of advice."""
+    out = {}
+    for key, task in TASK_OF.items():
+        better = [(d[key]["value"], name) for name, d in report["differences"].items()
+                  if key in d and d[key]["ci"][0] > 0]
+        label = dict(TASKS)[key]
+        if better:
+            value, name = max(better)
+            d = report["differences"][name][key]
+            advice = (f"{name} ({label} +{value:.3f} over level 0, 95 % paired interval "
+                      f"[{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}])")
+        else:
+            name = "level 0"
+            advice = f"level 0 (the default): no level or combination beats it on {label} beyond its 95 % interval"
+        out[task] = {"vectors": name, "metric": key, "advice": advice}
+    return out
 
 
 def best_per_task(report: dict[str, Any]) -> dict[str, str]:
@@ -144,4 +179,14 @@ def markdown(report: dict[str, Any]) -> str:
             text = f"{m['value']:.3f}" + (f" [{m['ci'][0]:.3f}, {m['ci'][1]:.3f}]" if m.get("ci") else "")
             cells.append(f"**{text}**" if best.get(key) == name else text)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if report.get("differences"):
+        lines += ["", "Paired differences from level 0, 95 % bootstrap interval over tracks:", "",
+                  "| vectors − level 0 | " + " | ".join(label for _, label in TASKS) + " |",
+                  "|---|" + "---|" * len(TASKS)]
+        for name, d in report["differences"].items():
+            lines.append(f"| {name} | " + " | ".join(
+                f"{d[k]['value']:+.3f} [{d[k]['ci'][0]:+.3f}, {d[k]['ci'][1]:+.3f}]" if k in d else "n/a"
+                for k, _ in TASKS) + " |")
+    if report.get("recommendations"):
+        lines += [""] + [f"- {task}: {r['advice']}" for task, r in report["recommendations"].items()]
     return "\n".join(lines) + "\n"

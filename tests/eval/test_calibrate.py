@@ -100,3 +100,17 @@ def test_log_density_handles_tiny_samples(sims: np.ndarray) -> None:
     grid = np.linspace(-1, 1, 101)
     ld = cal_mod.log_density(sims, grid)
     assert np.isfinite(ld).all() and grid[np.argmax(ld)] == pytest.approx(sims[0], abs=0.03)
+
+
+def test_cli_mart_levels(free_music_dir: Path, tmp_path: Path, mart_dir, pemr_dir) -> None:
+    from musicembed.cli.main import cli
+
+    out = tmp_path / "levels.json"
+    r = CliRunner().invoke(cli, ["eval", "mart-levels", "--data", str(free_music_dir), "--model", str(mart_dir),
+                                 "--work-dir", str(tmp_path / "work"), "--out", str(out), "--resamples", "20",
+                                 "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert "| concat |" in out.with_suffix(".md").read_text() and json.loads(out.read_text())["variants"]
+    r = CliRunner().invoke(cli, ["eval", "mart-levels", "--data", str(free_music_dir), "--model", str(pemr_dir),
+                                 "--work-dir", str(tmp_path / "work"), "--out", str(out), "--device", "cpu"])
+    assert r.exit_code != 0 and "not a MART model" in r.output
