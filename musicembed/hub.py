@@ -312,7 +312,7 @@ def resolve(ref: str | os.PathLike, force_download: bool = False) -> Resolved:
     return res
 
 
-PROVENANCE_FIELDS = ("license", "training_data", "model_card", "figures")
+PROVENANCE_FIELDS = ("license", "training_data", "model_card", "figures", "recommendations")
 
 
 def provenance(entry: dict[str, Any]) -> dict[str, Any]:

@@ -256,5 +256,10 @@ def test_outputs_and_card_record_version_licence_and_provenance(models, tmp_path
     card = models["mart"].card
     assert card["license"].startswith("MIT") and card["training_data"] and card["model_card"] == "docs/models/mart.md"
     assert card["figures"] and card["calibration"]["thresholds"]["same_recording"] is not None
+    assert card["recommendations"]["same_track"]["vectors"] == "level 0"
     r = runner.invoke(cli, ["models"])
     assert r.exit_code == 0 and "licence: MIT" in r.output and "figures:" in r.output
+    r = runner.invoke(cli, ["models", "--json"])
+    recs = json.loads(r.output)["mart"]["recommendations"]
+    assert set(recs) == {"same_track", "covers", "robustness", "source"}
+    assert all(v["advice"] and v["vectors"] for v in recs.values())

@@ -116,7 +116,8 @@ def _fmt_time(s: float) -> str:
 @click.option("--nprobe", default=32, show_default=True, type=click.IntRange(min=1),
               help="FAISS IVF lists scanned per query (more: slower, closer to exact).")
 @click.option("--span-level", default=0, show_default=True, type=click.IntRange(min=0),
-              help="MART: the level whose segments give the best-matching time span (0 = the longest).")
+              help="MART: the level whose segments give the best-matching time span (0 = the 4.1-s clips, "
+                   "the level the model card recommends for same-track matching).")
 @click.option("--relation", type=click.Choice(["same_recording", "same_track", "cover", "same_source"]),
               default=None, help="Keep only hits at least this close (with probability --min-prob, default 0.5); "
                                  "needs a calibrated model.")

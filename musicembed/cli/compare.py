@@ -24,7 +24,8 @@ def _time(s: float) -> str:
               help="Model name, folder or hf-hub:<owner>/<repo>[@revision].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (for machines).")
 @click.option("--span-level", default=0, show_default=True, type=click.IntRange(min=0),
-              help="MART: the level whose segments give the best-matching time spans (0 = the 4-s clips).")
+              help="MART: the level whose segments give the best-matching time spans (0 = the 4.1-s clips, "
+                   "the level the model card recommends for same-track matching).")
 @click.option("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available).")
 def compare_command(a: Path, b: Path, model_name: str, as_json: bool, span_level: int, device: str | None) -> None:
     """Compare two audio files: the cosine similarity of their clip vectors, the most specific
