@@ -32,6 +32,7 @@ from .io.atomic import atomic_write
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+CALIBRATION_NAME = "calibration.json"  # musicembed.calibration.CALIBRATION_NAME
 HUB_PREFIX = "hf-hub:"
 
 
@@ -118,6 +119,8 @@ class Resolved:
     config: ModelConfig
     weights: Path
     source: str
+    calibration_sha256: str | None = None  # the manifest's checksum of calibration.json, when it lists one
+    provenance: dict[str, Any] | None = None  # the manifest's licence, training data and model card, when any
 
 
 def _verify(path: Path, expected: str | None, source: str) -> None:
@@ -181,7 +184,8 @@ def _resolve_dir(folder: Path, source: str, expected: dict[str, str] | None = No
     sha = expected.get(weights_name) if expected else files.get(weights_name, {}).get("sha256")
     weights = folder / weights_name
     _verify(weights, sha, source)
-    return Resolved(config=config, weights=weights, source=source)
+    return Resolved(config=config, weights=weights, source=source,
+                    calibration_sha256=(expected or {}).get(CALIBRATION_NAME))
 
 
 class HubUnreachableError(WeightsError):
@@ -249,7 +253,10 @@ def _resolve_hub(repo_id: str, revision: str | None, source: str, expected: dict
     weights = _hub_download(repo_id, weights_name, revision, source, force)
     sha = expected.get(weights_name) if expected else files.get(weights_name, {}).get("sha256")
     _verify(weights, sha, source)
-    return Resolved(config=config, weights=weights, source=source)
+    calibration_sha = (expected or {}).get(CALIBRATION_NAME)
+    if calibration_sha:  # beside the weights in the Hub cache, so the model finds it
+        _verify(_hub_download(repo_id, CALIBRATION_NAME, revision, source, force), calibration_sha, source)
+    return Resolved(config=config, weights=weights, source=source, calibration_sha256=calibration_sha)
 
 
 def parse_hub_ref(ref: str) -> tuple[str, str | None]:
@@ -295,11 +302,23 @@ def resolve(ref: str | os.PathLike, force_download: bool = False) -> Resolved:
     expected = {_safe_relpath(f["name"], text): f["sha256"] for f in entry["files"]}
     folder = bundled_dir(entry)
     if folder is not None and not force_download:
-        return _resolve_dir(folder, text, expected)
-    hub = entry.get("hub") or {}
-    if not hub.get("repo_id"):
-        raise WeightsError(f"{text}: the manifest lists no bundled files and no Hub repository for this model")
-    return _resolve_hub(hub["repo_id"], hub.get("revision"), text, expected, force=force_download)
+        res = _resolve_dir(folder, text, expected)
+    else:
+        hub = entry.get("hub") or {}
+        if not hub.get("repo_id"):
+            raise WeightsError(f"{text}: the manifest lists no bundled files and no Hub repository for this model")
+        res = _resolve_hub(hub["repo_id"], hub.get("revision"), text, expected, force=force_download)
+    res.provenance = provenance(entry)
+    return res
+
+
+PROVENANCE_FIELDS = ("license", "training_data", "model_card", "figures", "recommendations")
+
+
+def provenance(entry: dict[str, Any]) -> dict[str, Any]:
+    """The licence of a manifest entry's weights, its training-data summary, its model card
+    and where its figures come from (the fields of :data:`PROVENANCE_FIELDS` it has)."""
+    return {k: entry[k] for k in PROVENANCE_FIELDS if entry.get(k)}
 
 
 def load_state_dict(resolved: Resolved) -> dict[str, torch.Tensor]:

@@ -6,10 +6,12 @@ Two sets of vectors are comparable only when their identities agree on every fie
 ``fingerprint`` (sha256 over its config and every weight and buffer, see
 ``Model.fingerprint``), and the analysis ``window_seconds`` and ``hop_seconds`` it embedded
 with, as the model uses them (rounded to whole samples at its rate). ``source`` (where the
-model was loaded from) is kept to reload it and never compared.
+model was loaded from) is kept to reload it and never compared, and so is ``license`` (the
+licence of the weights, as the weights manifest states it; None for a model folder).
 
 In output files the identity is stored under the names of :data:`STORED` (``model``,
-``model_version``, ``model_fingerprint``, ``window_seconds``, ``hop_seconds``): as 0-d arrays
+``model_version``, ``model_fingerprint``, ``window_seconds``, ``hop_seconds``, and
+``model_license`` where the licence is known): as 0-d arrays
 in ``.npz``, as fields of every line in ``.jsonl``; ``method`` and ``dim`` are not stored there
 (the fingerprint covers the method; the vectors show their size).
 """
@@ -27,7 +29,7 @@ COMPARED = ("name", "version", "method", "dim", "fingerprint", "window_seconds",
 """The fields that must be equal for vectors to be comparable, in the order differences are reported."""
 
 STORED = {"name": "model", "version": "model_version", "fingerprint": "model_fingerprint",
-          "window_seconds": "window_seconds", "hop_seconds": "hop_seconds"}
+          "window_seconds": "window_seconds", "hop_seconds": "hop_seconds", "license": "model_license"}
 """Identity field -> its name in ``.npz`` arrays and ``.jsonl`` lines."""
 
 WINDOW_FIELDS = ("window_seconds", "hop_seconds")
@@ -39,7 +41,7 @@ _SHORT = 12  # hex digits of a fingerprint shown in messages
 def model_identity(model, *, window_seconds: float | None = None, hop_seconds: float | None = None) -> dict[str, Any]:
     """The identity of the vectors ``model`` gives with these options: name, version, method,
     dim, fingerprint, and the window and hop in seconds as the model uses them (None window:
-    the model's trained window; None hop: the window), plus ``source`` (not compared)."""
+    the model's trained window; None hop: the window), plus ``source`` and ``license`` (not compared)."""
     cfg = model.config
     rate = cfg.sample_rate
     window = _on_grid(cfg.window_seconds if window_seconds is None else window_seconds, rate)
@@ -53,6 +55,7 @@ def model_identity(model, *, window_seconds: float | None = None, hop_seconds: f
         "window_seconds": window,
         "hop_seconds": hop,
         "source": _portable_source(str(getattr(model, "source", "") or "")),
+        "license": (getattr(model, "provenance", None) or {}).get("license"),
     }
 
 

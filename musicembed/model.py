@@ -22,13 +22,15 @@ from torch import nn
 
 from . import hub, pipeline
 from .audio import AudioInput, default_decode_threads
+from .calibration import CALIBRATION_NAME, RELATIONS, Calibration, find_calibration
 from .config import MAX_WINDOW_SECONDS, ModelConfig
 from .errors import AudioError
 from .models import build_model
 from .optimize import Prepared, fast_options, prepare
-from .results import Embedding, EmbedError, LevelEmbedding, TruncatedAudioWarning
+from .results import Comparison, Embedding, EmbedError, LevelEmbedding, SpanMatch, TruncatedAudioWarning
 
-__all__ = ["Embedding", "EmbedError", "LevelEmbedding", "Model", "TruncatedAudioWarning", "load_model"]
+__all__ = ["Comparison", "Embedding", "EmbedError", "LevelEmbedding", "Model", "SpanMatch", "TruncatedAudioWarning",
+           "load_model"]
 
 
 class Model:
@@ -45,6 +47,8 @@ class Model:
         self._staging: tuple | None = None  # ((rows, window, device), host tensor) reused by _forward
         self._fingerprint: str | None = None
         self._lock = threading.Lock()
+        self.calibration: Calibration | None = None  # set by load_model when calibration.json is beside the weights
+        self.provenance: dict = {}  # the manifest's licence, training data, model card and figures (manifest models)
 
     # -- facts
     @property
@@ -95,6 +99,55 @@ class Model:
                 h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
             self._fingerprint = h.hexdigest()
         return self._fingerprint
+
+    @property
+    def card(self) -> dict:
+        """What a user should know before relying on this model: name, version, method, fingerprint,
+        the licence of its weights, its training data, its model card and where its figures come
+        from (manifest models), and its calibration (None when it has none)."""
+        cal = self.calibration
+        return {
+            "name": self.name, "version": self.config.version, "method": self.config.method,
+            "description": self.config.description, "fingerprint": self.fingerprint(), "source": self.source,
+            "license": self.provenance.get("license"), "training_data": self.provenance.get("training_data"),
+            "model_card": self.provenance.get("model_card"), "figures": self.provenance.get("figures"),
+            "calibration": None if cal is None else {
+                "source": cal.source, "data": cal.doc.get("data"), "default_prior": cal.prior,
+                "thresholds": {r: cal.threshold(r) for r in RELATIONS[:-1]},
+                "cross_validation": cal.doc.get("cross_validation", {}).get("summary")},
+            "recommendations": self.provenance.get("recommendations"),
+        }
+
+    def compare(self, a: AudioInput, b: AudioInput, sample_rate: int | None = None, *,
+                prior: dict[str, float] | None = None, span_level: int = 0,
+                batch_size: int | None = None, device: str | torch.device | None = None) -> Comparison:
+        """How close two recordings are: the cosine similarity of their clip vectors (each the
+        mean over its windows, as :meth:`embed` returns), and with a calibration the most
+        specific likely relation and its probability under ``prior`` (default: the
+        calibration's, every relation equally likely; see :mod:`musicembed.calibration`).
+        For MART also the best-matching pair of segments at ``span_level`` (0: the 4-s
+        clips). ``a``/``b`` are paths or arrays (then ``sample_rate`` in Hz). A file that
+        cannot be decoded raises :class:`~musicembed.errors.AudioError`."""
+        mart = self.config.method == "mart"
+        if mart and not 0 <= span_level < self.config.mart.levels:  # type: ignore[union-attr]
+            raise ValueError(f"span_level must be in 0..{self.config.mart.levels - 1}")  # type: ignore[union-attr]
+        try:
+            ea, eb = self.embed([a, b], sample_rate, return_timestamps=True, hierarchical=mart,  # type: ignore[misc]
+                                batch_size=batch_size, device=device, progress=False)
+        except EmbedError as e:
+            raise next(iter(e.errors.values())) from None
+        sim = _cosine(ea.clip, eb.clip)
+        span = _best_span(ea.levels[span_level], eb.levels[span_level]) if mart and ea.levels and eb.levels else None
+        rel = None if self.calibration is None else self.calibration.relation(sim, prior)
+        used = None if self.calibration is None else (dict(prior) if prior is not None else self.calibration.prior)
+        return Comparison(a=_name(a), b=_name(b), similarity=sim, relation=rel.relation if rel else None,
+                          probability=rel.probability if rel else None, at_least=rel.at_least if rel else None,
+                          prior=used, span=span, model=self.identity_summary())
+
+    def identity_summary(self) -> dict:
+        """The model's name, version, fingerprint and the licence of its weights, as outputs record them."""
+        return {"name": self.name, "version": self.config.version, "fingerprint": self.fingerprint(),
+                "license": self.provenance.get("license")}
 
     def __repr__(self) -> str:
         return (f"Model(name={self.name!r}, method={self.config.method!r}, dim={self.embedding_dim}, "
@@ -300,6 +353,32 @@ class Model:
             return out.float().cpu().numpy()[: len(batch)], None
 
 
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity of two vectors (0 when either is zero)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    n = float(np.linalg.norm(a) * np.linalg.norm(b))
+    return float(a @ b / n) if n > 0 else 0.0
+
+
+def _best_span(a: LevelEmbedding, b: LevelEmbedding) -> SpanMatch | None:
+    """The pair of segments (one of ``a``, one of ``b``, same level) with the highest cosine."""
+    if not len(a.vectors) or not len(b.vectors):
+        return None
+
+    def unit(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, np.float64)
+        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+    s = unit(a.vectors) @ unit(b.vectors).T
+    i, j = np.unravel_index(int(np.argmax(s)), s.shape)
+    return SpanMatch(level=a.level, a_start=float(a.starts[i]), a_end=float(a.ends[i]), b_start=float(b.starts[j]),
+                     b_end=float(b.ends[j]), score=float(s[i, j]))
+
+
+def _name(x: object) -> str:
+    return os.fspath(x) if isinstance(x, (str, os.PathLike)) else "<array>"
+
+
 def _to_device(batch: list[np.ndarray], rows: int, device: torch.device, staging: torch.Tensor) -> torch.Tensor:
     """Stack the batch's windows into ``staging``, a (rows, window) float32 host tensor
     (pinned for CUDA), rows past the batch zeroed, and move it to ``device``. For CUDA the
@@ -374,6 +453,12 @@ def load_model(name: str | os.PathLike = "pemr", device: str | torch.device | No
     if problem:
         raise hub.WeightsError(f"{resolved.source}: config.json: window_samples = "
                                f"{resolved.config.window_samples}: {problem}")
+    model.provenance = dict(resolved.provenance or {})
+    folder = resolved.weights.parent
+    if resolved.calibration_sha256 and not (folder / CALIBRATION_NAME).is_file():
+        raise hub.WeightsError(f"{resolved.source}: the manifest lists {CALIBRATION_NAME}, but it is missing from {folder}")
+    model.calibration = find_calibration(folder, resolved.calibration_sha256, model.fingerprint(), resolved.source) \
+        if (folder / CALIBRATION_NAME).is_file() else None
     return model
 
 

@@ -139,3 +139,54 @@ class Segments:
     def prefixes(names: Sequence[str]) -> list[str]:
         """The prefixes of every segments group among stored array ``names``, sorted."""
         return sorted(n[: -len("_offsets")] for n in names if n.endswith("_offsets"))
+
+
+@dataclass
+class SpanMatch:
+    """The best-matching pair of same-level MART segments of two files: ``a_start``/``a_end``
+    in the first, ``b_start``/``b_end`` in the second (seconds), ``score`` their cosine similarity."""
+
+    level: int
+    a_start: float
+    a_end: float
+    b_start: float
+    b_end: float
+    score: float
+
+
+@dataclass
+class Comparison:
+    """What ``Model.compare(a, b)`` returns: the cosine ``similarity`` of the two clip vectors;
+    with a calibrated model the most specific likely ``relation`` (a name of
+    ``musicembed.calibration.RELATIONS``, else None), its ``probability`` and every relation's
+    ``at_least`` probability under the ``prior`` used; for MART the best-matching ``span``;
+    ``model`` is the identity of the vectors (name, version, fingerprint, licence)."""
+
+    a: str
+    b: str
+    similarity: float
+    relation: str | None
+    probability: float | None
+    at_least: dict[str, float] | None
+    prior: dict[str, float] | None
+    span: SpanMatch | None
+    model: dict[str, object]
+
+    @property
+    def label(self) -> str | None:
+        """The relation in words, e.g. ``"same recording"`` (None without a calibration)."""
+        return None if self.relation is None else self.relation.replace("_", " ")
+
+    def to_dict(self) -> dict[str, object]:
+        """The comparison as JSON-ready values (floats rounded to 6 digits, span seconds to 3)."""
+        from dataclasses import asdict
+
+        d = asdict(self)
+        d["similarity"] = round(self.similarity, 6)
+        if self.probability is not None:
+            d["probability"] = round(self.probability, 6)
+        if self.at_least is not None:
+            d["at_least"] = {k: round(v, 6) for k, v in self.at_least.items()}
+        if self.span is not None:
+            d["span"] = {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(self.span).items()}
+        return d

@@ -6,7 +6,8 @@
 Copies config.json + model.safetensors to musicembed/weights/NAME/ and writes the entry:
 files with sha256 and size, method, embedding size, sample rate, window, the architecture
 config, the training-data summary, the licence, and the Hub repository the files would be
-published to (marked as not yet published; `musicembed publish NAME --repo-id ...`).
+published to (marked as not yet published; `musicembed publish NAME --repo-id ...`). A new
+model has no calibration until `musicembed eval calibrate ... --register NAME` lists its own.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def main() -> None:
     ap.add_argument("--repo-id", required=True)
     ap.add_argument("--version", required=True, help="model version, written to config.json and the entry")
     ap.add_argument("--card", help="model card path, relative to the repository")
+    ap.add_argument("--figures", help="where the model's figures come from (card section, commands)")
     ap.add_argument("--half", action="store_true",
                     help="store float tensors as float16 (half the size; loaded back into float32)")
     args = ap.parse_args()
@@ -64,6 +66,7 @@ def main() -> None:
         "training_data": args.training_data,
         "license": args.license,
         "model_card": args.card,
+        "figures": args.figures,
         "bundled": f"weights/{args.name}",
         "files": [
             {"name": f, "path": f"weights/{args.name}/{f}", "sha256": sha256_file(dest / f),

@@ -42,7 +42,8 @@ def other(tmp_path_factory):
 
 def test_identity_holds_the_model_and_the_window_and_hop_it_uses(pemr, pemr_dir):
     ident = model_identity(pemr)
-    assert set(ident) == {*COMPARED, "source"}
+    assert set(ident) == {*COMPARED, "source", "license"}
+    assert ident["license"] is None  # a model folder states no licence; manifest models do
     assert (ident["name"], ident["version"], ident["method"], ident["dim"]) == ("tiny-pemr", "0", "pemr", 16)
     assert ident["fingerprint"] == pemr.fingerprint() and len(ident["fingerprint"]) == 64
     assert ident["window_seconds"] == pemr.config.window_seconds == 0.5  # None: the trained window

@@ -125,16 +125,26 @@ class Span:
 
 @dataclass
 class Hit:
-    """One search result: 1-based ``rank``, cosine ``score`` of the clip vectors, ``span`` for MART."""
+    """One search result: 1-based ``rank``, cosine ``score`` of the clip vectors, ``span`` for
+    MART; with a calibrated model, the most specific likely ``relation`` to the query and its
+    ``probability`` under the catalog's prior (see :func:`musicembed.calibration.catalog_prior`)."""
 
     rank: int
     path: str
     score: float
     duration: float
     span: Span | None = None
+    relation: str | None = None
+    probability: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """The hit as JSON-ready values; ``relation``/``probability`` only when the model is calibrated."""
         d = asdict(self)
+        if self.relation is None:
+            d.pop("relation")
+            d.pop("probability")
+        else:
+            d["probability"] = round(float(self.probability or 0.0), 6)
         d["score"] = round(self.score, 6)
         d["duration"] = round(self.duration, 3)
         if self.span is not None:
@@ -680,7 +690,9 @@ class Index:
                            window_seconds=o["window_seconds"], hop_seconds=o["hop_seconds"])
 
     def search(self, query, k: int = 10, *, model=None, sample_rate: int | None = None, backend: str = "auto",
-               nprobe: int = DEFAULT_NPROBE, span_level: int = 0, query_identity: dict | None = None) -> list[Hit]:
+               nprobe: int = DEFAULT_NPROBE, span_level: int = 0, query_identity: dict | None = None,
+               calibration=None, prior: dict[str, float] | None = None, min_prob: float | None = None,
+               relation: str | None = None) -> list[Hit]:
         """The ``k`` files most similar to ``query``, best first.
 
         ``query`` is a path or array (embedded with ``model``, which must be the index's model),
@@ -688,8 +700,25 @@ class Index:
         checked: with ``model``, the window and hop its per-window spans show are checked too),
         or a clip vector (D,) (only its size can be checked). For MART indexes each hit gets the
         best-matching time span at ``span_level`` (0: MART's level-0 clips).
+
+        With a calibration (``calibration``, default ``model.calibration``) each hit gets its
+        most specific likely relation and probability under ``prior`` (default: the catalog's,
+        :func:`~musicembed.calibration.catalog_prior` of this index's size). Then, of the ``k``
+        nearest, ``relation`` keeps only hits at least that close with probability ``min_prob``
+        or more (default 0.5), and ``min_prob`` alone keeps hits whose reported relation has at
+        least that probability. The filters need a calibration (ValueError otherwise).
         """
+        from ..calibration import RELATIONS, catalog_prior
         from ..results import Embedding
+
+        cal = calibration if calibration is not None else getattr(model, "calibration", None)
+        if relation is not None and relation not in RELATIONS:
+            raise ValueError(f"relation must be one of {', '.join(RELATIONS)}, got {relation!r}")
+        if min_prob is not None and not 0 <= min_prob <= 1:
+            raise ValueError(f"min_prob must be a probability in [0, 1], got {min_prob}")
+        if (relation is not None or min_prob is not None) and cal is None:
+            raise ValueError("relation and min_prob filters need a calibrated model (this model has no calibration)")
+        used_prior = prior if prior is not None else catalog_prior(max(len(self), 1))
 
         if model is not None:
             ident = self.query_identity(model)  # the model's fingerprint is read once per query
@@ -721,8 +750,18 @@ class Index:
             span = None
             if self.hierarchical and emb is not None and emb.levels is not None:
                 span = self._best_span(emb, int(i), span_level)
-            hits.append(Hit(rank=rank, path=self._rows.paths[i], score=float(s),
-                            duration=float(self._rows.durations[i]), span=span))
+            hit = Hit(rank=rank, path=self._rows.paths[i], score=float(s), duration=float(self._rows.durations[i]),
+                      span=span)
+            if cal is not None:
+                r = cal.relation(float(s), used_prior)
+                hit.relation, hit.probability = r.relation, r.probability
+                if relation is not None:
+                    floor = cal.min_similarity.get(relation, -np.inf)
+                    if r.at_least[relation] < (0.5 if min_prob is None else min_prob) or float(s) < floor:
+                        continue
+                elif min_prob is not None and r.probability < min_prob:
+                    continue
+            hits.append(hit)
         return hits
 
     def _best_span(self, emb, i: int, level: int) -> Span | None:

@@ -116,19 +116,30 @@ def _fmt_time(s: float) -> str:
 @click.option("--nprobe", default=32, show_default=True, type=click.IntRange(min=1),
               help="FAISS IVF lists scanned per query (more: slower, closer to exact).")
 @click.option("--span-level", default=0, show_default=True, type=click.IntRange(min=0),
-              help="MART: the level whose segments give the best-matching time span (0 = the longest).")
+              help="MART: the level whose segments give the best-matching time span (0 = the 4.1-s clips, "
+                   "the level the model card recommends for same-track matching).")
+@click.option("--relation", type=click.Choice(["same_recording", "same_track", "cover", "same_source"]),
+              default=None, help="Keep only hits at least this close (with probability --min-prob, default 0.5); "
+                                 "needs a calibrated model.")
+@click.option("--min-prob", type=click.FloatRange(0, 1), default=None,
+              help="Keep only hits whose relation has at least this probability (with --relation: that relation's).")
 @click.option("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available).")
 def search_command(queries: tuple[Path, ...], index_path: Path, k: int, as_json: bool, model_name: str | None,
-                   backend: str, nprobe: int, span_level: int, device: str | None) -> None:
+                   backend: str, nprobe: int, span_level: int, relation: str | None, min_prob: float | None,
+                   device: str | None) -> None:
     """Find the catalog files most similar to each QUERY audio file.
 
     Prints rank, cosine similarity, duration and path; for a MART index also the best-
-    matching time span in the result (and where in the query it matched).
+    matching time span in the result (and where in the query it matched); for a calibrated
+    model (the bundled ones) the most likely relation to the query and its probability, under
+    the catalog's prior (1/n for each of same recording, same track and cover among n files).
+    --relation and --min-prob filter the k nearest by these.
 
     \b
     Examples:
       musicembed search query.mp3 --index music.index.npz -k 10
       musicembed search query.mp3 --index music.index.npz --json
+      musicembed search query.mp3 --index music.index.npz --relation cover --min-prob 0.8
     """
     from ..catalog.index import Index, IndexError_, IndexMismatchError
     from ..errors import AudioError
@@ -145,10 +156,13 @@ def search_command(queries: tuple[Path, ...], index_path: Path, k: int, as_json:
         fail(f"{index_path}: {e}")
     if span_level and index.levels is not None and span_level >= len(index.levels):
         fail(f"--span-level must be 0..{len(index.levels) - 1} for this index")
+    if (relation is not None or min_prob is not None) and model.calibration is None:
+        fail(f"--relation and --min-prob need a calibrated model; {model.name!r} has no calibration")
     failures: list[tuple[str, str]] = []
     for q in queries:
         try:
-            hits = index.search(str(q), k, model=model, backend=backend, nprobe=nprobe, span_level=span_level)
+            hits = index.search(str(q), k, model=model, backend=backend, nprobe=nprobe, span_level=span_level,
+                                relation=relation, min_prob=min_prob)
         except AudioError as e:
             failures.append((str(q), e.reason))
             continue
@@ -156,12 +170,17 @@ def search_command(queries: tuple[Path, ...], index_path: Path, k: int, as_json:
             fail(str(e))
         if as_json:
             click.echo(json.dumps({"query": str(q), "index": str(index_path), "model": index.model["name"],
+                                   "model_version": index.model.get("version"),
+                                   "model_fingerprint": index.model.get("fingerprint"),
+                                   "model_license": model.provenance.get("license"),
                                    "backend": index.backend(backend, nprobe=nprobe).name,
                                    "results": [h.to_dict() for h in hits]}))
             continue
         click.echo(f"{q}  (top {len(hits)} of {len(index)}, model {index.model['name']})")
         for h in hits:
             line = f"  {h.rank:3d}  {h.score:7.4f}  {_fmt_time(h.duration):>9}  {h.path}"
+            if h.relation is not None:
+                line += f"  ({h.relation.replace('_', ' ')}, p={h.probability:.2f})"
             if h.span is not None:
                 line += (f"\n{'':23}best match {h.span.start:.2f}-{h.span.end:.2f} s "
                          f"(query {h.span.query_start:.2f}-{h.span.query_end:.2f} s, level {h.span.level}, "

@@ -56,6 +56,7 @@ def cli() -> None:
       musicembed embed song.mp3
       musicembed embed music/ -r --out catalog.npz
       musicembed embed music/ -r --out catalog.npz --model mart --hierarchical
+      musicembed compare song.flac song-copy.mp3
       musicembed models
     """
     import warnings
@@ -69,10 +70,11 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 from .catalog import COMMANDS as _CATALOG  # noqa: E402
+from .compare import COMMANDS as _COMPARE  # noqa: E402
 from .embed import embed  # noqa: E402
 from .models import COMMANDS as _MODELS  # noqa: E402
 
-for _command in (embed, *_MODELS, *_CATALOG):
+for _command in (embed, *_MODELS, *_CATALOG, *_COMPARE):
     cli.add_command(_command)
 
 

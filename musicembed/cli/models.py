@@ -15,7 +15,8 @@ from .common import fail
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest entries as JSON.")
 def models(as_json: bool) -> None:
-    """List the models of the weights manifest and whether each is available offline.
+    """List the models of the weights manifest and whether each is available offline, with
+    the licence of their weights, their training data and where their figures come from.
 
     \b
     Examples:
@@ -65,6 +66,16 @@ def models(as_json: bool) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
+    for name, e in sorted(manifest.items()):
+        if not isinstance(e, dict):
+            continue
+        facts = [f"{label}: {e[key]}" for key, label in (("license", "licence"), ("training_data", "training data"),
+                                                          ("figures", "figures")) if e.get(key)]
+        recs = e.get("recommendations")
+        if isinstance(recs, dict):
+            facts += [f"{task}: {r.get('advice', r) if isinstance(r, dict) else r}" for task, r in recs.items()]
+        if facts:
+            click.echo(f"\n{name}:\n" + "\n".join(f"  {f}" for f in facts))
 
 
 @click.command()

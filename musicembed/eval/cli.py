@@ -252,5 +252,106 @@ def free_music(data_dir: Path, split: str, systems: tuple[str, ...], baselines: 
         _log(f"wrote {js} and {md}")
 
 
+@eval_command.command("calibrate")
+@click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder with manifest.csv, covers.csv and the audio.")
+@click.option("--model", "model_name", required=True, help="Model name or folder to calibrate.")
+@click.option("--split", type=click.Choice(["select", "val"]), default="select", show_default=True,
+              help="select: the held-out sources kept for choosing settings (the report sources are never fitted on).")
+@click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder of the excerpts and degraded copies (those of `eval free-music --out` are reused).")
+@click.option("--cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Embedding cache (.npz; default: WORK_DIR/cache/calibrate-<model>.npz).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="calibration.json to write (beside the model's weights to ship it).")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the full report (JSON) here, and its tables beside it (.md).")
+@click.option("--register", "register_name", default=None,
+              help="Manifest model name: list --out in its manifest entry with its sha256.")
+@click.option("--excerpt-seconds", type=float, default=10.0, show_default=True,
+              help="Length of the excerpts of the same-track, same-source and unrelated pairs.")
+@click.option("--min-excerpt-seconds", type=float, default=2.0, show_default=True,
+              help="Tracks whose excerpts would be shorter are left out.")
+@click.option("--robust-seconds", type=float, default=10.0, show_default=True,
+              help="Length of the central clean excerpt of the same-recording pairs.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the degradations' noise.")
+@device_option
+def calibrate_command(data_dir: Path, model_name: str, split: str, work_dir: Path, cache: Path | None, out: Path,
+                      report_path: Path | None, register_name: str | None, excerpt_seconds: float,
+                      min_excerpt_seconds: float, robust_seconds: float, seed: int, device: str | None) -> None:
+    """Fit a model's similarity calibration (calibration.json) on held-out sources and check
+    it by nested leave-one-source-out cross-validation (ECE, precision and recall).
+
+    \b
+    Example:
+      musicembed eval calibrate --model pemr --data data/free_music --work-dir eval-results/select \\
+          --out musicembed/weights/pemr/calibration.json --report eval-results/calibration-pemr.json --register pemr
+    """
+    from ..hub import _package_dir
+    from ..model import load_model
+    from .calibrate import calibrate, markdown, register
+
+    with _user_errors():
+        cfg = FreeMusicConfig(split=split, excerpt_seconds=excerpt_seconds, min_excerpt_seconds=min_excerpt_seconds,
+                              robust_seconds=robust_seconds, seed=seed)
+        system = load_system(model_name, device=device)
+        fingerprint = load_model(model_name, device="cpu").fingerprint()
+        cal, report = calibrate(system, fingerprint, data_dir, work_dir,
+                                cache=cache or work_dir / "cache" / f"calibrate-{_slug(model_name)}.npz", config=cfg,
+                                log=_log)
+        cal.save(out)
+        table = markdown(report)
+        click.echo(table)
+        _log(f"wrote {out}")
+        if report_path:
+            report_path.parent.mkdir(parents=True, exist_ok=True)
+            report_path.write_text(json.dumps(report, indent=2) + "\n")
+            report_path.with_suffix(".md").write_text(table)
+            _log(f"wrote {report_path} and {report_path.with_suffix('.md')}")
+        if register_name:
+            item = register(register_name, out, _package_dir() / "weights_manifest.json")
+            _log(f"listed {item['path']} (sha256 {item['sha256'][:12]}...) in the manifest entry {register_name!r}")
+
+
+@eval_command.command("mart-levels")
+@click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder with manifest.csv, covers.csv and the audio.")
+@click.option("--model", "model_name", default="mart", show_default=True, help="A MART model name or folder.")
+@click.option("--split", type=click.Choice(SPLITS), default=DEFAULT_SPLIT, show_default=True)
+@click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder of the excerpts and degraded copies (those of `eval free-music --out` are reused).")
+@click.option("--cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Per-level vector cache (.npz; default: WORK_DIR/cache/levels-<model>.npz).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Report JSON (and .md).")
+@click.option("--resamples", type=int, default=1000, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@device_option
+def mart_levels(data_dir: Path, model_name: str, split: str, work_dir: Path, cache: Path | None, out: Path,
+                resamples: int, seed: int, device: str | None) -> None:
+    """Same-track, covers, source-probe and robustness figures for each MART level's vectors
+    (and their concatenation and mean), with 95 % bootstrap intervals (markdown + JSON).
+
+    \b
+    Example:
+      musicembed eval mart-levels --data data/free_music --work-dir eval-results/select --out mart-levels.json
+    """
+    from ..model import load_model
+    from .levels import evaluate_levels, markdown
+
+    with _user_errors():
+        model = load_model(model_name, device=device)
+        if model.config.method != "mart":
+            raise click.ClickException(f"{model_name}: not a MART model")
+        cfg = FreeMusicConfig(split=split, resamples=resamples, seed=seed, probe=ProbeConfig(seed=seed))
+        report = evaluate_levels(model, data_dir, work_dir, cfg,
+                                 cache=cache or work_dir / "cache" / f"levels-{_slug(model_name)}.npz", log=_log)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
+        table = markdown(report)
+        out.with_suffix(".md").write_text(table)
+        click.echo(table)
+        _log(f"wrote {out} and {out.with_suffix('.md')}")
+
+
 if __name__ == "__main__":
     eval_command(prog_name="musicembed eval")
