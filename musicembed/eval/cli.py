@@ -23,7 +23,7 @@ from .finetune import FinetuneConfig, WaveformDataset, finetune, model_encoder_f
 from .free_music import DEFAULT_SPLIT, SPLITS, FreeMusicConfig, evaluate_free_music, markdown_table, write_report
 from .metrics import retrieval_metrics
 from .probes import PROBES, ProbeConfig, probe_evaluation
-from .systems import load_system
+from .systems import System, is_musicnn, load_system, musicnn_system
 
 SPLIT_NAMES = {"train": "train", "valid": "val", "test": "test"}  # dataset split -> probe split
 
@@ -207,10 +207,14 @@ def covers(dataset: str, root: Path, model: str, split: str, list_file: Path | N
               help="select: held-out sources for choosing checkpoints and settings; report: held-out sources "
                    "for the final table only; val: held-out tracks of the training sources (in-distribution).")
 @click.option("--system", "systems", multiple=True, required=True,
-              help="Model name or folder, 'mfcc', 'randfcn' or 'random:<model>'; repeat for each table row.")
+              help="Model name or folder, 'mfcc', 'randfcn', 'random:<model>' or 'musicnn[.<layer>]' (needs "
+                   "--musicnn-python); repeat for each table row.")
 @click.option("--baseline", "baselines", multiple=True,
               help="A system every other system is compared with (paired-bootstrap differences); repeatable; "
                    "added to the systems when not among them.")
+@click.option("--musicnn-python", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Interpreter of an environment with musicnn and TensorFlow, which runs the 'musicnn' systems "
+                   "(layers max_pool, the default, mean_pool and penultimate).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("eval-results/free_music"),
               show_default=True)
 @click.option("--excerpt-seconds", type=float, default=10.0, show_default=True,
@@ -228,9 +232,9 @@ def covers(dataset: str, root: Path, model: str, split: str, list_file: Path | N
 @device_option
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the folds, the probe, the noise and the bootstrap.")
-def free_music(data_dir: Path, split: str, systems: tuple[str, ...], baselines: tuple[str, ...], out: Path,
-               excerpt_seconds: float, min_excerpt_seconds: float, classify_seconds: float, robust_seconds: float,
-               folds: int, resamples: int, device: str | None, seed: int) -> None:
+def free_music(data_dir: Path, split: str, systems: tuple[str, ...], baselines: tuple[str, ...],
+               musicnn_python: Path | None, out: Path, excerpt_seconds: float, min_excerpt_seconds: float,
+               classify_seconds: float, robust_seconds: float, folds: int, resamples: int, device: str | None, seed: int) -> None:
     """Same-track retrieval, synthetic covers, source classification, robustness to
     degradations and the covariance spectrum on one split, for every system in one run,
     with 95 % bootstrap intervals and paired differences from the baselines (markdown + JSON).
@@ -240,13 +244,17 @@ def free_music(data_dir: Path, split: str, systems: tuple[str, ...], baselines: 
       musicembed eval free-music --data data/free_music --system pemr --system mart --baseline mfcc --baseline randfcn
       musicembed eval free-music --data data/free_music --split report --system models/pemr --baseline mfcc
       musicembed eval free-music --data data/free_music --split val --system pemr --classify-seconds 10
+      musicembed eval free-music --data data/free_music --split report --system pemr --system musicnn \\
+        --musicnn-python peer-venv/bin/python
     """
     with _user_errors():
         cfg = FreeMusicConfig(split=split, excerpt_seconds=excerpt_seconds, min_excerpt_seconds=min_excerpt_seconds,
                               classify_seconds=classify_seconds or None, robust_seconds=robust_seconds, folds=folds,
                               resamples=resamples, seed=seed, probe=ProbeConfig(seed=seed))
-        report = evaluate_free_music(data_dir, list(systems), out, config=cfg, device=device, log=_log,
-                                     baselines=baselines)
+        specs = list(dict.fromkeys(systems + tuple(b for b in baselines if is_musicnn(b))))
+        rows: list[str | System] = [musicnn_system(s, musicnn_python) if is_musicnn(s) and musicnn_python else s
+                                    for s in specs]
+        report = evaluate_free_music(data_dir, rows, out, config=cfg, device=device, log=_log, baselines=baselines)
         js, md = write_report(report, out)
         click.echo(markdown_table(report))
         _log(f"wrote {js} and {md}")

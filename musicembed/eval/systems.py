@@ -6,6 +6,8 @@ A system spec is one of
 - ``randfcn``: the wide random FCN (:class:`RandomFCNEmbedder`, 512-d), no learning;
 - ``random:<model>``: the architecture of ``<model>`` (name or folder) with fresh weights
   drawn from a fixed seed, the "untrained encoder" baseline;
+- ``musicnn`` or ``musicnn.<layer>``: musicnn's MTT_musicnn (supervised on MagnaTagATune),
+  run by another interpreter (:func:`musicnn_system`);
 - anything :func:`musicembed.load_model` accepts (manifest name, folder, ``hf-hub:...``).
 Every system has ``embed(list_of_inputs, sample_rate=None) -> (N, D)`` float32.
 """
@@ -15,8 +17,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import select
+import subprocess
+import tempfile
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -25,10 +33,13 @@ import torchaudio
 
 from .. import hub
 from ..audio import AudioInput, load_audio
+from ..errors import AudioError, MusicEmbedError
 from ..model import Model, load_model
 from ..models import build_model
 
 RANDOM_PREFIX = "random:"
+MUSICNN = "musicnn"
+MUSICNN_LAYERS = ("max_pool", "mean_pool", "penultimate")
 RANDOM_SEED = 0
 TOP_DB = 80.0  # the random FCN's log-mel floor below the clip's maximum, in dB
 
@@ -157,6 +168,86 @@ class RandomFCNEmbedder(_ClipEmbedder):
         return (total / weight).float().cpu().numpy()
 
 
+class MusicnnEmbedder:
+    """The musicnn baseline: MTT_musicnn (Pons & Serra 2019, supervised on MagnaTagATune),
+    its shipped weights, one vector per file = the mean of ``layer``'s activations over the
+    file's non-overlapping 3-s patches (``max_pool``: 753-d, ``mean_pool``: 753-d,
+    ``penultimate``: 200-d).
+
+    musicnn needs TensorFlow with Keras 2, so it runs in a worker process under ``python``,
+    an interpreter of another environment (``musicnn_worker.py``; install in
+    ``benchmarks/README.md``), started once and kept until this object is collected. Only
+    file paths can be embedded. ``threads``: TensorFlow's intra-op threads (default: torch's
+    thread count). ``timeout_s``: the longest wait for the worker to start or to answer one
+    call.
+    """
+
+    def __init__(self, python: str | os.PathLike, layer: str = "max_pool", threads: int | None = None,
+                 timeout_s: float = 3600.0) -> None:
+        if layer not in MUSICNN_LAYERS:
+            raise ValueError(f"musicnn layer {layer!r}: expected one of {', '.join(MUSICNN_LAYERS)}")
+        self.layer = layer
+        self.timeout_s = timeout_s
+        self._stderr = tempfile.TemporaryFile()
+        worker = Path(__file__).with_name("musicnn_worker.py")
+        try:
+            self._proc = subprocess.Popen([os.fspath(python), os.fspath(worker), layer, str(threads or torch.get_num_threads())],
+                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True)
+        except OSError as e:
+            raise MusicEmbedError(f"musicnn: cannot run {python}: {e}") from None
+        weakref.finalize(self, _stop_worker, self._proc)
+        hello = self._read()
+        self.dim = int(hello["dim"])
+        self.identity = hello["identity"]
+
+    def _read(self) -> dict:
+        out = self._proc.stdout
+        assert out is not None
+        ready, _, _ = select.select([out], [], [], self.timeout_s)
+        line = out.readline() if ready else ""
+        if not line:
+            _stop_worker(self._proc)
+            self._stderr.seek(0)
+            tail = self._stderr.read().decode(errors="replace").strip().splitlines()[-3:]
+            reason = "no answer" if not ready else "the worker exited"
+            raise MusicEmbedError(f"musicnn: {reason} ({' / '.join(tail) or 'no message'})")
+        return json.loads(line)
+
+    def embed(self, audio: Sequence[AudioInput], sample_rate: int | None = None) -> np.ndarray:
+        """Files -> (N, D) float32; a file that fails raises :class:`AudioError` naming it."""
+        files = [os.fspath(Path(a).resolve()) for a in audio]  # type: ignore[arg-type]
+        if not files:
+            return np.zeros((0, self.dim), np.float32)
+        assert self._proc.stdin is not None
+        self._proc.stdin.write(json.dumps({"files": files}) + "\n")
+        self._proc.stdin.flush()
+        results = self._read()["results"]
+        for f, r in zip(files, results, strict=True):
+            if "error" in r:
+                raise AudioError(f, r["error"])
+        return np.asarray([r["vector"] for r in results], dtype=np.float32)
+
+
+def _stop_worker(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def musicnn_system(spec: str, python: str | os.PathLike, threads: int | None = None) -> System:
+    """The system ``musicnn`` (layer ``max_pool``) or ``musicnn.<layer>``, run by ``python``."""
+    name, _, layer = spec.partition(".")
+    if name != MUSICNN:
+        raise ValueError(f"not a musicnn system: {spec!r}")
+    embedder = MusicnnEmbedder(python, layer or "max_pool", threads=threads)
+    return System(spec, "musicnn-" + json.dumps(embedder.identity, sort_keys=True), embedder)
+
+
+def is_musicnn(spec: str) -> bool:
+    """Whether ``spec`` names the musicnn baseline."""
+    return spec.partition(".")[0] == MUSICNN
+
+
 def random_model(ref: str, seed: int = RANDOM_SEED, device: str | None = None) -> tuple[Model, str]:
     """The architecture of model ``ref`` with weights drawn from ``seed``; returns the model
     and a fingerprint of its config and seed."""
@@ -179,5 +270,8 @@ def load_system(spec: str, device: str | None = None) -> System:
     if spec.startswith(RANDOM_PREFIX):
         model, fingerprint = random_model(spec[len(RANDOM_PREFIX):], device=device)
         return System(spec, fingerprint, model)
+    if is_musicnn(spec):
+        raise ValueError(f"{spec}: the musicnn baseline runs in another Python environment; give its interpreter "
+                         "(--musicnn-python)")
     resolved = hub.resolve(spec)
     return System(spec, hub.sha256_file(resolved.weights), load_model(spec, device=device))
