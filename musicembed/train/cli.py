@@ -44,6 +44,9 @@ def _common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="auto (cuda:LOCAL_RANK if available, else cpu), cpu, cuda, cuda:N."),
         click.option("--cache-dir", default=None, type=click.Path(file_okay=False),
                      help="Decoded-audio cache [default: ~/.cache/musicembed/train-audio]."),
+        click.option("--init-from", "init_from", default=None, metavar="MODEL",
+                     help="Start from an exported model's weights (manifest name, folder or hf-hub:...): its "
+                          "config.json replaces the preset, --config applies on top; heads start afresh."),
         click.option("--resume", is_flag=True, help="Continue the run in --out from its newest checkpoint."),
         click.option("--progress/--no-progress", default=True, help="Show the progress bar."),
     ]
@@ -59,8 +62,9 @@ def _given(**values: Any) -> dict[str, Any]:
 
 
 def _run(method: str, params: dict[str, Any], objective: dict[str, Any]) -> None:
+    from ..errors import WeightsError
     from . import distributed
-    from .config import TrainConfig, resolve
+    from .config import TrainConfig, init_weights, resolve
     from .loop import train
 
     ctx = click.get_current_context()
@@ -79,8 +83,16 @@ def _run(method: str, params: dict[str, Any], objective: dict[str, Any]) -> None
     else:
         if not params["data"]:
             raise click.UsageError("--data is required (unless --resume)")
+        base, init = None, None
+        if params["init_from"]:
+            try:
+                base, _, init = init_weights(params["init_from"])
+            except WeightsError as e:
+                raise click.UsageError(f"--init-from: {e}") from None
+            if base["method"] != method:
+                raise click.UsageError(f"--init-from {params['init_from']} is a {base['method']} model, not {method}")
         try:
-            model, obj, augment = resolve(method, list(params["configs"]), params["crop_seconds"])
+            model, obj, augment = resolve(method, list(params["configs"]), params["crop_seconds"], base)
         except (ValueError, TypeError) as e:
             raise click.UsageError(str(e)) from None
         obj.update(objective)
@@ -90,11 +102,11 @@ def _run(method: str, params: dict[str, Any], objective: dict[str, Any]) -> None
             batch_size=params["batch_size"], lr=params["lr"], weight_decay=params["weight_decay"],
             workers=params["workers"], seed=params["seed"], checkpoint_every=params["checkpoint_every"],
             keep_checkpoints=params["keep_checkpoints"], device=params["device"], cache_dir=params["cache_dir"],
-            progress=params["progress"],
+            progress=params["progress"], init_from=init,
         )
     try:
         result = train(cfg, resume=params["resume"])
-    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError, WeightsError) as e:
         raise click.ClickException(str(e)) from None
     main = distributed.from_env().main
     if result.signal is not None:
@@ -130,6 +142,7 @@ def pemr_command(mask: str, ratio: float, pred_weight: float, bt_lambda: float, 
       musicembed train pemr --data manifest.csv --split train --out runs/pemr --steps 2000
       musicembed train pemr --data music/ --out runs/pemr --resume
       musicembed train pemr --data music/ --out runs/bt --mask none
+      musicembed train pemr --data music/ --out runs/pemr-ft --init-from pemr --mask none
     """
     _run("pemr", params, _given(mask=mask, ratio=ratio, pred_weight=pred_weight, bt_lambda=bt_lambda))
 

@@ -5,6 +5,10 @@
 are :class:`~musicembed.config.ModelConfig` fields (nested dicts merge into nested configs), plus optional
 ``objective`` and ``augment``
 sections for the loss and augmentation options.
+
+``--init-from MODEL`` starts a run from the weights of an exported model (a manifest name, a
+folder or ``hf-hub:...``, as for ``load_model``): its config.json is the base the overrides
+apply to, and the run records the model and the sha256 of its weights.
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from .. import hub
 from ..config import ModelConfig
 from ..presets import TINY, mart_config, pemr_config
 from .augment import AugmentConfig
@@ -46,6 +53,7 @@ class TrainConfig:
     device: str = "auto"
     cache_dir: str | None = None
     progress: bool = True
+    init_from: dict[str, str] | None = None  # {"model": reference, "sha256": of its weights}
 
     def model_config(self) -> ModelConfig:
         return ModelConfig.from_dict(self.model)
@@ -90,12 +98,21 @@ def _read_override(text: str, method: str) -> dict[str, Any]:
     return value
 
 
+def init_weights(ref: str) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, str]]:
+    """(model config dict, state dict, record for ``TrainConfig.init_from``) of the exported
+    model ``ref``, verified by its sha256 like ``load_model`` does."""
+    resolved = hub.resolve(ref)
+    record = {"model": ref, "sha256": hub.sha256_file(resolved.weights)}
+    return resolved.config.to_dict(), hub.load_state_dict(resolved), record
+
+
 def resolve(
-    method: str, overrides: list[str], crop_seconds: float | None = None
+    method: str, overrides: list[str], crop_seconds: float | None = None, base: dict[str, Any] | None = None
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """(model config dict, objective options, augmentation options) from the project's presets,
-    the ``--config`` overrides in order and ``--crop-seconds`` (sets the model window)."""
-    model = (pemr_config() if method == "pemr" else mart_config()).to_dict()
+    """(model config dict, objective options, augmentation options) from ``base`` (a model
+    config dict; default: the project's preset for ``method``), the ``--config`` overrides in
+    order and ``--crop-seconds`` (sets the model window)."""
+    model = copy.deepcopy(base) if base is not None else (pemr_config() if method == "pemr" else mart_config()).to_dict()
     objective = objective_defaults(method)
     augment = asdict(AugmentConfig())
     for text in overrides:

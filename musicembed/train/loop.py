@@ -37,7 +37,7 @@ from tqdm import tqdm
 from ..hub import save_pretrained
 from . import distributed
 from .augment import AugmentConfig, Augmenter
-from .config import TrainConfig
+from .config import TrainConfig, init_weights
 from .data import build_cache, cached_pieces, default_cache_dir, list_tracks, make_loader
 from .objectives import build_objective
 
@@ -214,6 +214,8 @@ def _train(cfg: TrainConfig, resume: bool, info: distributed.DistInfo, device: t
     last_checkpoint = checkpoints[-1] if resume else None
     if last_checkpoint is not None:
         progress = load_checkpoint(last_checkpoint, objective, opt)
+    elif cfg.init_from is not None:
+        _init_model(objective.model, cfg.init_from)
     net: nn.Module = objective
     if info.enabled:
         net = DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
@@ -274,6 +276,21 @@ def _train(cfg: TrainConfig, resume: bool, info: distributed.DistInfo, device: t
     return TrainResult(objective, progress.step, stopped, last_checkpoint)
 
 
+def _init_model(model: nn.Module, init_from: dict[str, str]) -> None:
+    """Load the weights of ``init_from["model"]`` into the run's inference model, after
+    checking they are still the ones the run was configured with."""
+    _, state, record = init_weights(init_from["model"])
+    if record["sha256"] != init_from["sha256"]:
+        raise ValueError(f"--init-from {init_from['model']}: its weights changed since the run was configured "
+                         f"(sha256 {record['sha256'][:12]}..., run.json has {init_from['sha256'][:12]}...)")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:  # missing/unexpected keys or shape mismatches
+        detail = " ".join(str(e).split(":", 1)[-1].strip().splitlines()[:3])[:300]
+        raise ValueError(f"--init-from {init_from['model']}: its weights do not fit the run's model "
+                         f"(a --config override changed the architecture?): {detail}") from None
+
+
 def _step(net: nn.Module, opt: torch.optim.Optimizer, augmenter: Augmenter, batch: torch.Tensor, window: int,
           seed: int) -> dict[str, float]:
     """One optimizer step on crops (B, views, samples): augment, loss, backward, Adam.
@@ -317,8 +334,9 @@ def export(run_dir: str | Path, out: str | Path, checkpoint: str | Path | None =
     objective = build_objective(model_cfg, cfg.objective)
     progress = load_checkpoint(Path(checkpoint), objective, None)
     model = objective.model
+    start = f", starting from {cfg.init_from['model']}" if cfg.init_from else ""
     model.cfg.description = (
         f"{model_cfg.method.upper()} pre-trained with musicembed.train for {progress.step} steps "
-        f"({progress.epoch + 1} epochs started) on {cfg.data}"
+        f"({progress.epoch + 1} epochs started) on {cfg.data}{start}"
     )
     return save_pretrained(model.eval(), out)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 import musicembed
@@ -97,3 +98,33 @@ def test_sigterm_checkpoints_and_resumes(audio_dir: Path, cache_dir: Path, tmp_p
     assert step >= 3 and "--resume" in result.output
     invoke("pemr", "--out", str(run), "--resume", "--steps", str(step + 2), "--workers", "0")
     assert [s for s, _ in losses(run)] == list(range(1, step + 3))
+
+
+def test_init_from_exported_model(audio_dir: Path, cache_dir: Path, tmp_path: Path) -> None:
+    common = ["--data", str(audio_dir), "--config", "tiny", "--batch-size", "4", "--workers", "0",
+              "--cache-dir", str(cache_dir), "--no-progress", "--mask", "none"]
+    invoke("pemr", "--out", str(tmp_path / "first"), "--steps", "2", *common)
+    invoke("export", str(tmp_path / "first"), "--out", str(tmp_path / "first-model"))
+    trained = musicembed.load_model(str(tmp_path / "first-model"), device="cpu").net.state_dict()
+
+    # lr 0: Adam leaves the weights where they started, so the export shows what the run started from
+    for name, init in (("cont", ["--init-from", str(tmp_path / "first-model")]), ("fresh", [])):
+        invoke("pemr", "--out", str(tmp_path / name), "--steps", "1", "--lr", "0", *common, *init)
+        invoke("export", str(tmp_path / name), "--out", str(tmp_path / f"{name}-model"))
+    cont = musicembed.load_model(str(tmp_path / "cont-model"), device="cpu")
+    fresh = musicembed.load_model(str(tmp_path / "fresh-model"), device="cpu").net.state_dict()
+    convs = [k for k, v in trained.items() if k.endswith("weight") and v.dim() == 4]
+    assert convs and all(torch.equal(cont.net.state_dict()[k], trained[k]) for k in convs)
+    assert not any(torch.equal(fresh[k], trained[k]) for k in convs)
+    record = json.loads((tmp_path / "cont" / "run.json").read_text())["init_from"]
+    assert record["model"] == str(tmp_path / "first-model")
+    assert record["sha256"] == json.loads((tmp_path / "first-model" / "config.json").read_text())[
+        "files"]["model.safetensors"]["sha256"]
+    assert "starting from" in json.loads((tmp_path / "cont-model" / "config.json").read_text())["description"]
+
+    # resuming keeps the run's own weights; a wrong method or a missing model is a usage error
+    invoke("pemr", "--out", str(tmp_path / "cont"), "--resume", "--steps", "2", "--no-progress")
+    for method, ref in (("mart", str(tmp_path / "first-model")), ("pemr", str(tmp_path / "missing"))):
+        result = CliRunner().invoke(train_command, [method, "--out", str(tmp_path / "bad"), "--init-from", ref,
+                                                    *common[:-2]])
+        assert result.exit_code == 2 and "--init-from" in result.output, result.output
