@@ -103,7 +103,10 @@ def init_weights(ref: str) -> tuple[dict[str, Any], dict[str, torch.Tensor], dic
     model ``ref``, verified by its sha256 like ``load_model`` does."""
     resolved = hub.resolve(ref)
     record = {"model": ref, "sha256": hub.sha256_file(resolved.weights)}
-    return resolved.config.to_dict(), hub.load_state_dict(resolved), record
+    model = resolved.config.to_dict()
+    for own in ("version", "description"):  # what the base says of itself, not of the new run's weights
+        model.pop(own, None)
+    return model, hub.load_state_dict(resolved), record
 
 
 def resolve(

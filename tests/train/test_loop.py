@@ -116,7 +116,9 @@ def test_init_from_exported_model(audio_dir: Path, cache_dir: Path, tmp_path: Pa
     convs = [k for k, v in trained.items() if k.endswith("weight") and v.dim() == 4]
     assert convs and all(torch.equal(cont.net.state_dict()[k], trained[k]) for k in convs)
     assert not any(torch.equal(fresh[k], trained[k]) for k in convs)
-    record = json.loads((tmp_path / "cont" / "run.json").read_text())["init_from"]
+    run = json.loads((tmp_path / "cont" / "run.json").read_text())
+    assert "version" not in run["model"]  # the base's version is not the new weights'
+    record = run["init_from"]
     assert record["model"] == str(tmp_path / "first-model")
     assert record["sha256"] == json.loads((tmp_path / "first-model" / "config.json").read_text())[
         "files"]["model.safetensors"]["sha256"]
