@@ -18,7 +18,6 @@ import warnings
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -154,12 +153,12 @@ def read_crop(track: np.ndarray, start: int, length: int) -> np.ndarray:
 
 
 class CropDataset(Dataset):
-    """Item i: ``views`` random crops (views, crop_samples) float32 of cached piece i.
+    """Item (epoch, i): ``views`` random crops (views, crop_samples) float32 of cached piece i.
 
     A piece is a list of cached recordings (versions of one piece of music). Each view comes
     from a version of its own while there are enough (so a pair of a piece with two renders
     is always cross-version), and from a uniform random position inside it (recordings shorter
-    than a crop are zero-padded). Call :meth:`set_epoch` before each epoch for new positions.
+    than a crop are zero-padded); positions are new in every epoch.
     """
 
     def __init__(self, pieces: list[list[Path]], crop_samples: int, views: int = 2, seed: int = 0) -> None:
@@ -169,16 +168,13 @@ class CropDataset(Dataset):
         self.crop_samples = crop_samples
         self.views = views
         self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.pieces)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
-        rng = np.random.default_rng((self.seed, self.epoch, index))
+    def __getitem__(self, key: tuple[int, int]) -> torch.Tensor:
+        epoch, index = key
+        rng = np.random.default_rng((self.seed, epoch, index))
         versions = self.pieces[index]
         if len(versions) == 1:
             chosen = [0] * self.views
@@ -193,24 +189,39 @@ class CropDataset(Dataset):
         return torch.from_numpy(np.stack(crops))
 
 
-class ResumableSampler(Sampler[int]):
-    """A :class:`DistributedSampler` (shuffled per epoch, this rank's share) that can start an
-    epoch after its first ``skip`` indices, so a resumed run sees the batches it had not seen."""
+class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Batches of (epoch, track index) of one rank, endlessly: epoch after epoch, each shuffled
+    like a :class:`DistributedSampler` (this rank's share) and cut into ``batch_size`` batches,
+    the incomplete last one dropped. :meth:`start` sets the first epoch and how many of its
+    batches to skip, so a resumed run sees the batches it had not seen."""
 
-    def __init__(self, size: int, rank: int, world: int, seed: int) -> None:
+    def __init__(self, size: int, rank: int, world: int, seed: int, batch_size: int) -> None:
         self.inner = DistributedSampler(range(size), num_replicas=world, rank=rank, shuffle=True, seed=seed,
                                         drop_last=True)
+        self.batch_size = batch_size
+        self.first_epoch = 0
         self.skip = 0
 
-    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+    @property
+    def batches_per_epoch(self) -> int:
+        return len(self.inner) // self.batch_size
+
+    def indices(self, epoch: int) -> list[int]:
+        """This rank's track indices of ``epoch``, in order."""
         self.inner.set_epoch(epoch)
-        self.skip = skip
+        return list(self.inner)
 
-    def __iter__(self) -> Iterator[int]:
-        return islice(iter(self.inner), self.skip, None)
+    def start(self, epoch: int, skip_batches: int = 0) -> None:
+        self.first_epoch = epoch
+        self.skip = skip_batches
 
-    def __len__(self) -> int:
-        return len(self.inner) - self.skip
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        epoch, skip = self.first_epoch, self.skip
+        while True:
+            order = self.indices(epoch)
+            for b in range(skip, self.batches_per_epoch):
+                yield [(epoch, i) for i in order[b * self.batch_size : (b + 1) * self.batch_size]]
+            epoch, skip = epoch + 1, 0
 
 
 def seed_worker(worker_id: int) -> None:
@@ -228,30 +239,29 @@ class EpochLoader:
     """Batches (B, views, crop_samples) of one rank, epoch by epoch, resumable inside an epoch."""
 
     dataset: CropDataset
-    sampler: ResumableSampler
-    batch_size: int
+    sampler: EpochBatchSampler
     workers: int
     seed: int
     pin_memory: bool = False
 
     @property
     def steps_per_epoch(self) -> int:
-        return len(self.sampler.inner) // self.batch_size
+        return self.sampler.batches_per_epoch
 
-    def epoch(self, epoch: int, skip_batches: int = 0) -> DataLoader:
-        """The loader of ``epoch`` without its first ``skip_batches`` batches."""
-        self.dataset.set_epoch(epoch)
-        self.sampler.set_epoch(epoch, skip_batches * self.batch_size)
-        return DataLoader(
+    def stream(self, epoch: int, skip_batches: int = 0) -> Iterator[torch.Tensor]:
+        """Every batch from ``epoch`` on, without that epoch's first ``skip_batches``, endlessly.
+
+        One DataLoader serves the whole stream: its worker processes start once, not once per
+        epoch (forking a large training process per epoch costs more than the steps between)."""
+        self.sampler.start(epoch, skip_batches)
+        return iter(DataLoader(
             self.dataset,
-            batch_size=self.batch_size,
-            sampler=self.sampler,
+            batch_sampler=self.sampler,
             num_workers=self.workers,
             worker_init_fn=seed_worker,
             generator=torch.Generator().manual_seed(self.seed * 100003 + epoch),
-            drop_last=True,
             pin_memory=self.pin_memory,
-        )
+        ))
 
 
 def make_loader(
@@ -260,7 +270,7 @@ def make_loader(
 ) -> EpochLoader:
     """An :class:`EpochLoader` over cached pieces; raises if one rank's share is under one batch."""
     dataset = CropDataset(pieces, crop_samples, views, seed)
-    loader = EpochLoader(dataset, ResumableSampler(len(dataset), rank, world, seed), batch_size, workers, seed,
+    loader = EpochLoader(dataset, EpochBatchSampler(len(dataset), rank, world, seed, batch_size), workers, seed,
                          pin_memory)
     if loader.steps_per_epoch == 0:
         raise ValueError(

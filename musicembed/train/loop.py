@@ -233,40 +233,38 @@ def _train(cfg: TrainConfig, resume: bool, info: distributed.DistInfo, device: t
     last = time.perf_counter()
     try:
         with stop_signals() as received:
+            batches: Iterator[torch.Tensor] | None = None
             while progress.step < total and stopped is None:
                 if progress.batch_in_epoch >= per_epoch:
                     progress.epoch += 1
                     progress.batch_in_epoch = 0
-                for batch in loader.epoch(progress.epoch, progress.batch_in_epoch):
-                    torch.manual_seed(step_seed(cfg.seed, progress.step, info.rank, 1))
-                    seed = step_seed(cfg.seed, progress.step, info.rank, 0)
-                    values = _step(net, opt, augmenter, batch.to(device, non_blocking=True), window, seed)
-                    progress.step += 1
-                    progress.batch_in_epoch += 1
-                    now = time.perf_counter()
-                    progress.seconds += now - last  # wall time, data loading and checkpoints included
-                    last = now
-                    value = values["loss"]
-                    running = value if running is None else 0.95 * running + 0.05 * value
-                    if info.main:
-                        if log is None:
-                            columns = ["step", "epoch", *values, "lr", "seconds"]
-                            log = CsvLog(run_dir / LOG_NAME, columns, progress.step - 1)
-                        log.write({"step": progress.step, "epoch": progress.epoch, **values,
-                                   "lr": opt.param_groups[0]["lr"], "seconds": progress.seconds})
-                        assert bar is not None
-                        bar.update()
-                        bar.set_postfix(loss=f"{running:.4f}", epoch=progress.epoch)
-                    if distributed.any_true(bool(received), device):
-                        stopped = received[0] if received else signal.SIGTERM
-                    done = progress.step >= total
-                    if stopped is not None or done or progress.step % cfg.checkpoint_every == 0:
-                        last_checkpoint = _checkpoint(run_dir, objective, opt, progress, cfg.keep_checkpoints, info)
-                    if stopped is not None or done:
-                        break
-                else:
-                    progress.epoch += 1
-                    progress.batch_in_epoch = 0
+                if batches is None:
+                    batches = loader.stream(progress.epoch, progress.batch_in_epoch)
+                batch = next(batches)
+                torch.manual_seed(step_seed(cfg.seed, progress.step, info.rank, 1))
+                seed = step_seed(cfg.seed, progress.step, info.rank, 0)
+                values = _step(net, opt, augmenter, batch.to(device, non_blocking=True), window, seed)
+                progress.step += 1
+                progress.batch_in_epoch += 1
+                now = time.perf_counter()
+                progress.seconds += now - last  # wall time, data loading and checkpoints included
+                last = now
+                value = values["loss"]
+                running = value if running is None else 0.95 * running + 0.05 * value
+                if info.main:
+                    if log is None:
+                        columns = ["step", "epoch", *values, "lr", "seconds"]
+                        log = CsvLog(run_dir / LOG_NAME, columns, progress.step - 1)
+                    log.write({"step": progress.step, "epoch": progress.epoch, **values,
+                               "lr": opt.param_groups[0]["lr"], "seconds": progress.seconds})
+                    assert bar is not None
+                    bar.update()
+                    bar.set_postfix(loss=f"{running:.4f}", epoch=progress.epoch)
+                if distributed.any_true(bool(received), device):
+                    stopped = received[0] if received else signal.SIGTERM
+                done = progress.step >= total
+                if stopped is not None or done or progress.step % cfg.checkpoint_every == 0:
+                    last_checkpoint = _checkpoint(run_dir, objective, opt, progress, cfg.keep_checkpoints, info)
     finally:
         if bar is not None:
             bar.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from train_helpers import write_tracks
 
 from musicembed.train.data import (
     CropDataset,
-    ResumableSampler,
+    EpochBatchSampler,
     build_cache,
     cache_key,
     cached_pieces,
@@ -65,9 +66,9 @@ def test_manifest_rows_sharing_a_track_id_are_versions_of_one_piece(audio_dir: P
 
     for epoch in range(3):
         ds = CropDataset(cached, 4000, views=2, seed=epoch)
-        pair = ds[1]
+        pair = ds[0, 1]
         assert {version_of(v, cached[1]) for v in pair} == set(cached[1])
-        trio = CropDataset(cached, 4000, views=3, seed=epoch)[0]
+        trio = CropDataset(cached, 4000, views=3, seed=epoch)[0, 0]
         assert {version_of(v, cached[0]) for v in trio} == set(cached[0])
 
 
@@ -94,35 +95,44 @@ def test_cache_decodes_once_and_notices_changes(tmp_path: Path) -> None:
 def test_crops_depend_only_on_seed_epoch_and_index(audio_dir: Path, cache_dir: Path) -> None:
     tracks = singles(audio_dir, cache_dir)
     ds = CropDataset(tracks, 4000, views=2, seed=3)
-    first = ds[1]
+    first = ds[0, 1]
     assert first.shape == (2, 4000) and first.dtype == torch.float32
     assert not torch.equal(first[0], first[1])
-    assert torch.equal(CropDataset(tracks, 4000, views=2, seed=3)[1], first)
-    ds.set_epoch(1)
-    assert not torch.equal(ds[1], first)
-    padded = CropDataset(tracks, 10**6, views=1)[0]
+    assert torch.equal(CropDataset(tracks, 4000, views=2, seed=3)[0, 1], first)
+    assert not torch.equal(ds[1, 1], first)
+    padded = CropDataset(tracks, 10**6, views=1)[0, 0]
     assert padded.shape == (1, 10**6) and padded[0, -1000:].abs().sum() == 0
 
 
-def test_loader_batches_are_the_same_with_workers(audio_dir: Path, cache_dir: Path) -> None:
+def test_loader_stream_is_the_same_with_workers_and_resumes(audio_dir: Path, cache_dir: Path) -> None:
     tracks = singles(audio_dir, cache_dir)
     serial = make_loader(tracks, 2000, 2, batch_size=3, workers=0, seed=1)
     parallel = make_loader(tracks, 2000, 2, batch_size=3, workers=2, seed=1)
-    assert serial.steps_per_epoch == 2  # 8 tracks, drop_last
-    for a, b in zip(serial.epoch(4), parallel.epoch(4)):
+    assert serial.steps_per_epoch == 2  # 8 tracks, the incomplete batch dropped
+    # Three epochs from one stream (the workers start once), batch by batch as without workers.
+    full = list(islice(serial.stream(4), 6))
+    for a, b in zip(full, islice(parallel.stream(4), 6), strict=True):
         assert torch.equal(a, b)
-    full = list(serial.epoch(5))
-    tail = list(serial.epoch(5, skip_batches=1))
-    assert len(tail) == 1 and torch.equal(tail[0], full[1])
+    assert all(b.shape == (3, 2, 2000) for b in full)
+    assert not torch.equal(full[0], full[2])  # a new epoch: new order and positions
+    # A resumed stream: epoch 4 without its first batch, then epoch 5 on.
+    tail = list(islice(serial.stream(4, skip_batches=1), 3))
+    for a, b in zip(tail, full[1:4], strict=True):
+        assert torch.equal(a, b)
 
 
-def test_resumable_sampler_splits_ranks() -> None:
+def test_epoch_batch_sampler_splits_ranks_and_drops_incomplete_batches() -> None:
     shares = []
     for rank in range(2):
-        s = ResumableSampler(10, rank, 2, seed=0)
-        s.set_epoch(3)
-        shares.append(list(s))
-    assert len(shares[0]) == len(shares[1]) == 5 and not set(shares[0]) & set(shares[1])
-    s = ResumableSampler(10, 0, 2, seed=0)
-    s.set_epoch(3, skip=2)
-    assert list(s) == shares[0][2:] and len(s) == 3
+        s = EpochBatchSampler(10, rank, 2, seed=0, batch_size=2)
+        s.start(3)
+        shares.append(list(islice(s, 4)))
+    for share in shares:  # 5 tracks per rank: two batches of 2 per epoch, epochs 3 then 4
+        assert [len(b) for b in share] == [2, 2, 2, 2]
+        assert {e for e, _ in share[0] + share[1]} == {3} and {e for e, _ in share[2] + share[3]} == {4}
+    epoch3 = [{i for _, i in share[0] + share[1]} for share in shares]
+    assert not epoch3[0] & epoch3[1]
+    s = EpochBatchSampler(10, 0, 2, seed=0, batch_size=2)
+    assert s.batches_per_epoch == 2 and len(s.indices(3)) == 5
+    s.start(3, skip_batches=1)
+    assert list(islice(s, 2)) == shares[0][1:3]
