@@ -1,15 +1,20 @@
 """Time the CLMR augmentation of one batch against one training step (forward, backward, Adam).
 
-    python benchmarks/augment_vs_step.py [--method pemr mart] [--batch-size 16] [--repeats 3]
+    python benchmarks/augment_vs_step.py [--method pemr mart] [--batch-size 16] [--repeats 3] [--config JSON]
 
-Uses the paper-size models (``--config paper``) and the default augmentation chain on random
-waveforms; prints the median seconds of each and their ratio. Augmentation must stay well
-below the step so that it never bounds training throughput.
+Uses the project's default models and objectives (``--config``: the overrides of `musicembed
+train --config`, e.g. ``'{"objective": {"mask": "none"}}'``) and the default augmentation chain on random
+waveforms; prints the median seconds of each, their ratio, and the step's minor page faults
+and kernel (system) CPU seconds. Augmentation must stay well below the step so that it never
+bounds training throughput. Run it once more under another memory allocator to compare them
+(``LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 python benchmarks/augment_vs_step.py``;
+docs/training.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -33,9 +38,10 @@ def median_seconds(fn: Callable[[], None], repeats: int) -> float:
     return statistics.median(times)
 
 
-def bench(method: str, batch_size: int, repeats: int) -> tuple[float, float, int, int]:
-    """(augment seconds, step seconds, window samples, sample rate) for the paper-size ``method``."""
-    model, objective_opts, augment = resolve(method, [])
+def bench(method: str, batch_size: int, repeats: int, config: list[str]) -> tuple[float, float, float, float, int, int]:
+    """(augment seconds, step seconds, step minor page faults, step system CPU seconds, window
+    samples, sample rate) for the default ``method``; faults and system time are means per step."""
+    model, objective_opts, augment = resolve(method, config)
     torch.manual_seed(0)
     objective = build_objective(ModelConfig.from_dict(model), objective_opts).train()
     opt = torch.optim.Adam(objective.parameters(), lr=3e-4, weight_decay=1e-6)
@@ -55,7 +61,13 @@ def bench(method: str, batch_size: int, repeats: int) -> tuple[float, float, int
         loss.backward()
         opt.step()
 
-    return median_seconds(augment_batch, repeats), median_seconds(step, repeats), window, sr
+    t_aug = median_seconds(augment_batch, repeats)
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    t_step = median_seconds(step, repeats)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    steps = repeats + 1  # median_seconds warms up once
+    faults = (after.ru_minflt - before.ru_minflt) / steps
+    return t_aug, t_step, faults, (after.ru_stime - before.ru_stime) / steps, window, sr
 
 
 def main() -> None:
@@ -63,12 +75,14 @@ def main() -> None:
     parser.add_argument("--method", nargs="+", default=["pemr", "mart"], choices=["pemr", "mart"])
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--config", action="append", default=[], help="musicembed train --config override")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size} tracks x 2 views")
     for method in args.method:
-        t_aug, t_step, window, sr = bench(method, args.batch_size, args.repeats)
+        t_aug, t_step, faults, sys_s, window, sr = bench(method, args.batch_size, args.repeats, args.config)
         print(f"{method}: window {window} samples ({window / sr:.2f} s at {sr} Hz); "
-              f"augment {t_aug:.3f} s/batch, model step {t_step:.3f} s/batch, ratio {t_aug / t_step:.2f}")
+              f"augment {t_aug:.3f} s/batch, model step {t_step:.3f} s/batch, ratio {t_aug / t_step:.2f}; "
+              f"step: {faults:.0f} minor page faults, {sys_s:.3f} s system CPU")
 
 
 if __name__ == "__main__":
