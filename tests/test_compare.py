@@ -217,9 +217,13 @@ def test_search_hits_carry_relation_and_filters(models, small_catalog, degraded_
     same = index.search(str(degraded_copy), k=4, model=pemr, relation="same_recording")
     assert [h.path for h in same] == [hits[0].path]
     assert index.search(str(degraded_copy), k=4, model=pemr, min_prob=1.0) == []
-    # a catalog of a million files makes the same similarity less telling than the uniform prior
+    # a catalog of a million files makes the same similarity less telling than the uniform prior:
+    # the reported relation is no more specific, and "at least same recording" is less likely
     big = index.search(str(degraded_copy), k=1, model=pemr, prior=catalog_prior(1_000_000))[0]
-    assert big.probability <= hits[0].probability
+    assert big.path == hits[0].path and RELATIONS.index(big.relation) >= RELATIONS.index(hits[0].relation)
+    sim = hits[0].score
+    cal = pemr.calibration
+    assert cal.at_least(sim, catalog_prior(1_000_000))["same_recording"] < cal.at_least(sim)["same_recording"]
     with pytest.raises(ValueError, match="relation must be one of"):
         index.search(str(degraded_copy), k=1, model=pemr, relation="sibling")
 

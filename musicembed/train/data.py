@@ -251,8 +251,9 @@ class EpochLoader:
     def stream(self, epoch: int, skip_batches: int = 0) -> Iterator[torch.Tensor]:
         """Every batch from ``epoch`` on, without that epoch's first ``skip_batches``, endlessly.
 
-        One DataLoader serves the whole stream: its worker processes start once, not once per
-        epoch (forking a large training process per epoch costs more than the steps between)."""
+        One DataLoader serves the whole stream: its worker processes are forked once, not once
+        per epoch (each fork of the training process copies its page tables and makes its
+        memory copy-on-write until the worker exits)."""
         self.sampler.start(epoch, skip_batches)
         return iter(DataLoader(
             self.dataset,
