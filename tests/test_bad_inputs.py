@@ -1089,7 +1089,9 @@ def test_kill_at_the_final_rename_leaves_a_temporary_the_next_run_removes(pemr_d
 # -- 12. exit codes: 0 done, 1 some inputs failed (the rest written), 2 nothing written, 130 Ctrl-C
 
 _PACED = """
-import sys, time
+import signal, sys, time
+# Ctrl-C as in a terminal, even where the test runner's process ignores SIGINT (a child inherits that)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from musicembed.io import resume as catalog
 real = catalog.PartialStore.append
 def paced(self, key, result):
