@@ -13,7 +13,8 @@ import click
 from click.core import ParameterSource
 
 # Options that only steer how a run proceeds; --resume accepts new values for them.
-SCHEDULE_OPTIONS = ("epochs", "steps", "workers", "checkpoint_every", "keep_checkpoints", "device", "progress")
+SCHEDULE_OPTIONS = ("epochs", "steps", "workers", "augment_in", "checkpoint_every", "keep_checkpoints", "device",
+                    "progress")
 
 
 def _common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -33,6 +34,11 @@ def _common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="Training window in seconds (sets the model's window_samples)."),
         click.option("--workers", default=2, show_default=True, type=click.IntRange(min=0),
                      help="DataLoader worker processes (and audio decoding processes)."),
+        click.option("--augment-in", "augment_in", default="auto", show_default=True,
+                     type=click.Choice(["auto", "workers", "device"]),
+                     help="Where batches are augmented: in the DataLoader workers (CPU, overlapping the model "
+                          "step), or in the training process on its device; auto: workers when training on the "
+                          "CPU with --workers >= 1, else device."),
         click.option("--seed", default=0, show_default=True, type=int),
         click.option("--checkpoint-every", default=500, show_default=True, type=click.IntRange(min=1),
                      help="Steps between checkpoints (one is also written at the end and on SIGINT/SIGTERM)."),
@@ -100,7 +106,8 @@ def _run(method: str, params: dict[str, Any], objective: dict[str, Any]) -> None
             method=method, data=params["data"], split=params["split"], out=params["out"], model=model,
             objective=obj, augment=augment, epochs=params["epochs"], steps=params["steps"],
             batch_size=params["batch_size"], lr=params["lr"], weight_decay=params["weight_decay"],
-            workers=params["workers"], seed=params["seed"], checkpoint_every=params["checkpoint_every"],
+            workers=params["workers"], augment_in=params["augment_in"], seed=params["seed"],
+            checkpoint_every=params["checkpoint_every"],
             keep_checkpoints=params["keep_checkpoints"], device=params["device"], cache_dir=params["cache_dir"],
             progress=params["progress"], init_from=init,
         )

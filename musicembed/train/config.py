@@ -47,6 +47,7 @@ class TrainConfig:
     lr: float = 3e-4
     weight_decay: float = 1e-6
     workers: int = 2
+    augment_in: str = "auto"  # "workers", "device" or "auto" (loop.augment_place)
     seed: int = 0
     checkpoint_every: int = 500
     keep_checkpoints: int = 3

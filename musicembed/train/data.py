@@ -15,7 +15,7 @@ import os
 import random
 import signal
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -234,30 +234,60 @@ def seed_worker(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+class _NumberedBatches(Sampler[tuple[int, list[tuple[int, int]]]]):
+    """The batches of an :class:`EpochBatchSampler`, each with its optimizer step number."""
+
+    def __init__(self, batches: EpochBatchSampler, first_step: int) -> None:
+        self.batches = batches
+        self.first_step = first_step
+
+    def __iter__(self) -> Iterator[tuple[int, list[tuple[int, int]]]]:
+        return enumerate(self.batches, start=self.first_step)
+
+
+class _Batches(Dataset):
+    """Item (step, keys): the crops of ``keys`` stacked (B, views, crop_samples), passed through
+    ``transform(batch, step)`` when one is given (it then runs in the DataLoader workers)."""
+
+    def __init__(self, crops: CropDataset, transform: Callable[[torch.Tensor, int], torch.Tensor] | None) -> None:
+        self.crops = crops
+        self.transform = transform
+
+    def __getitem__(self, key: tuple[int, list[tuple[int, int]]]) -> torch.Tensor:
+        step, keys = key
+        batch = torch.stack([self.crops[k] for k in keys])
+        return batch if self.transform is None else self.transform(batch, step)
+
+
 @dataclass
 class EpochLoader:
-    """Batches (B, views, crop_samples) of one rank, epoch by epoch, resumable inside an epoch."""
+    """Batches of one rank, epoch by epoch, resumable inside an epoch: crops (B, views,
+    crop_samples), or what ``transform(crops, step)`` makes of them in the worker processes
+    (``step``: the optimizer step the batch is for)."""
 
     dataset: CropDataset
     sampler: EpochBatchSampler
     workers: int
     seed: int
     pin_memory: bool = False
+    transform: Callable[[torch.Tensor, int], torch.Tensor] | None = None
 
     @property
     def steps_per_epoch(self) -> int:
         return self.sampler.batches_per_epoch
 
-    def stream(self, epoch: int, skip_batches: int = 0) -> Iterator[torch.Tensor]:
-        """Every batch from ``epoch`` on, without that epoch's first ``skip_batches``, endlessly.
+    def stream(self, epoch: int, skip_batches: int = 0, first_step: int = 0) -> Iterator[torch.Tensor]:
+        """Every batch from ``epoch`` on, without that epoch's first ``skip_batches``, endlessly;
+        the first is for optimizer step ``first_step``.
 
         One DataLoader serves the whole stream: its worker processes are forked once, not once
         per epoch (each fork of the training process copies its page tables and makes its
-        memory copy-on-write until the worker exits)."""
+        memory copy-on-write until the worker exits). Each worker makes whole batches."""
         self.sampler.start(epoch, skip_batches)
         return iter(DataLoader(
-            self.dataset,
-            batch_sampler=self.sampler,
+            _Batches(self.dataset, self.transform),
+            sampler=_NumberedBatches(self.sampler, first_step),
+            batch_size=None,
             num_workers=self.workers,
             worker_init_fn=seed_worker,
             generator=torch.Generator().manual_seed(self.seed * 100003 + epoch),
@@ -268,11 +298,12 @@ class EpochLoader:
 def make_loader(
     pieces: list[list[Path]], crop_samples: int, views: int, batch_size: int, workers: int, seed: int,
     rank: int = 0, world: int = 1, pin_memory: bool = False,
+    transform: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
 ) -> EpochLoader:
     """An :class:`EpochLoader` over cached pieces; raises if one rank's share is under one batch."""
     dataset = CropDataset(pieces, crop_samples, views, seed)
     loader = EpochLoader(dataset, EpochBatchSampler(len(dataset), rank, world, seed, batch_size), workers, seed,
-                         pin_memory)
+                         pin_memory, transform)
     if loader.steps_per_epoch == 0:
         raise ValueError(
             f"{len(pieces)} tracks over {world} process(es) give less than one batch of {batch_size}; "

@@ -204,8 +204,11 @@ def _train(cfg: TrainConfig, resume: bool, info: distributed.DistInfo, device: t
         build_cache(files, cache_dir, model_cfg.sample_rate, cfg.workers, progress=cfg.progress and info.main)
     distributed.barrier()
     cache = build_cache(files, cache_dir, model_cfg.sample_rate, cfg.workers, progress=False)
+    in_workers = augment_place(cfg.augment_in, device, cfg.workers) == "workers"
+    batch_augment = AugmentBatch(augmenter, window, cfg.seed, info.rank)
     loader = make_loader(cached_pieces(pieces, cache), augmenter.in_samples(window), 2, cfg.batch_size, cfg.workers,
-                         cfg.seed, info.rank, info.world, pin_memory=device.type == "cuda")
+                         cfg.seed, info.rank, info.world, pin_memory=device.type == "cuda",
+                         transform=batch_augment if in_workers else None)
 
     torch.manual_seed(cfg.seed)
     objective = build_objective(model_cfg, cfg.objective).to(device)
@@ -239,11 +242,12 @@ def _train(cfg: TrainConfig, resume: bool, info: distributed.DistInfo, device: t
                     progress.epoch += 1
                     progress.batch_in_epoch = 0
                 if batches is None:
-                    batches = loader.stream(progress.epoch, progress.batch_in_epoch)
-                batch = next(batches)
+                    batches = loader.stream(progress.epoch, progress.batch_in_epoch, progress.step)
+                batch = next(batches).to(device, non_blocking=True)
+                if not in_workers:
+                    batch = batch_augment(batch, progress.step)
                 torch.manual_seed(step_seed(cfg.seed, progress.step, info.rank, 1))
-                seed = step_seed(cfg.seed, progress.step, info.rank, 0)
-                values = _step(net, opt, augmenter, batch.to(device, non_blocking=True), window, seed)
+                values = _step(net, opt, batch)
                 progress.step += 1
                 progress.batch_in_epoch += 1
                 now = time.perf_counter()
@@ -289,13 +293,40 @@ def _init_model(model: nn.Module, init_from: dict[str, str]) -> None:
                          f"(a --config override changed the architecture?): {detail}") from None
 
 
-def _step(net: nn.Module, opt: torch.optim.Optimizer, augmenter: Augmenter, batch: torch.Tensor, window: int,
-          seed: int) -> dict[str, float]:
-    """One optimizer step on crops (B, views, samples): augment, loss, backward, Adam.
+def augment_place(setting: str, device: torch.device, workers: int) -> str:
+    """Where a run augments its batches: "workers" (in the DataLoader worker processes, on the
+    CPU, while the training process runs the previous step) or "device" (in the training
+    process, on its device). ``setting`` "auto" is "workers" when training on the CPU with at
+    least one worker, "device" otherwise (on a GPU the augmentation is cheapest there)."""
+    if setting not in ("auto", "workers", "device"):
+        raise ValueError(f"augment_in must be auto, workers or device, not {setting!r}")
+    if setting == "auto":
+        return "workers" if device.type == "cpu" and workers > 0 else "device"
+    if setting == "workers" and workers == 0:
+        raise ValueError("augment_in 'workers' needs --workers 1 or more")
+    return setting
+
+
+@dataclass
+class AugmentBatch:
+    """Crops (B, views, in_samples) of optimizer step ``step`` -> augmented views (B, views,
+    window samples), seeded from (seed, step, rank): the same batch wherever it runs."""
+
+    augmenter: Augmenter
+    window: int
+    seed: int
+    rank: int
+
+    def __call__(self, crops: torch.Tensor, step: int) -> torch.Tensor:
+        b, views, n = crops.shape
+        waves = self.augmenter(crops.reshape(b * views, n), self.window, step_seed(self.seed, step, self.rank, 0))
+        return waves.view(b, views, self.window)
+
+
+def _step(net: nn.Module, opt: torch.optim.Optimizer, batch: torch.Tensor) -> dict[str, float]:
+    """One optimizer step on augmented views (B, views, window samples): loss, backward, Adam.
     Returns the loss and its parts as floats."""
-    b, views, n = batch.shape
-    waves = augmenter(batch.view(b * views, n), window, seed)
-    out = net(waves.view(b, views, window))
+    out = net(batch)
     loss = out["loss"]
     if not torch.isfinite(loss):
         raise FloatingPointError(f"loss is {loss.item()}; resume from the last checkpoint with a lower --lr")

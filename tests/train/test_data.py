@@ -11,6 +11,7 @@ import pytest
 import torch
 from train_helpers import write_tracks
 
+from musicembed.train.augment import AugmentConfig, Augmenter
 from musicembed.train.data import (
     CropDataset,
     EpochBatchSampler,
@@ -20,6 +21,7 @@ from musicembed.train.data import (
     list_tracks,
     make_loader,
 )
+from musicembed.train.loop import AugmentBatch
 
 
 def singles(folder: Path, cache_dir: Path) -> list[list[Path]]:
@@ -119,6 +121,22 @@ def test_loader_stream_is_the_same_with_workers_and_resumes(audio_dir: Path, cac
     tail = list(islice(serial.stream(4, skip_batches=1), 3))
     for a, b in zip(tail, full[1:4], strict=True):
         assert torch.equal(a, b)
+
+
+def test_workers_augment_each_batch_as_the_training_process_would(audio_dir: Path, cache_dir: Path) -> None:
+    """A transform given to the loader runs in the workers, on the batch of the optimizer step
+    it is numbered with: the augmented stream equals augmenting the plain stream in process."""
+    tracks = singles(audio_dir, cache_dir)
+    augment = AugmentBatch(Augmenter(AugmentConfig(), 16000), 1600, seed=5, rank=0)
+    window = augment.augmenter.in_samples(1600)
+    plain = make_loader(tracks, window, 2, batch_size=3, workers=0, seed=1)
+    in_workers = make_loader(tracks, window, 2, batch_size=3, workers=2, seed=1, transform=augment)
+    expected = [augment(crops, step) for step, crops in enumerate(islice(plain.stream(4, skip_batches=1), 3), 9)]
+    got = list(islice(in_workers.stream(4, skip_batches=1, first_step=9), 3))
+    for a, b in zip(got, expected, strict=True):
+        assert a.shape == (3, 2, 1600)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(got[0], augment(next(plain.stream(4, skip_batches=1)), 10), atol=1e-3)  # step seeds
 
 
 def test_epoch_batch_sampler_splits_ranks_and_drops_incomplete_batches() -> None:

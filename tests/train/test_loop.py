@@ -18,7 +18,7 @@ from click.testing import CliRunner
 import musicembed
 from musicembed.train.cli import train_command
 from musicembed.train.config import TrainConfig, resolve
-from musicembed.train.loop import list_checkpoints, train
+from musicembed.train.loop import augment_place, list_checkpoints, train
 
 
 def losses(run_dir: Path) -> list[tuple[int, float]]:
@@ -70,6 +70,39 @@ def test_resume_continues_exactly(method: str, audio_dir: Path, cache_dir: Path,
     train(config(tmp_path / "split", 5), resume=True)
     assert losses(tmp_path / "split") == losses(tmp_path / "straight")
     assert [p.name for p in list_checkpoints(tmp_path / "split")] == ["step-00000003", "step-00000005"]
+
+
+def test_augmenting_in_workers_trains_like_augmenting_in_process(audio_dir: Path, cache_dir: Path,
+                                                                 tmp_path: Path) -> None:
+    """--augment-in workers moves the augmentation, not its draws: the losses match the
+    in-process run, and a resumed workers run continues exactly."""
+    model, objective, augment = resolve("pemr", ["tiny"])
+
+    def config(out: Path, steps: int, where: str) -> TrainConfig:
+        return TrainConfig(method="pemr", data=str(audio_dir), out=str(out), model=model, objective=objective,
+                           augment=augment, steps=steps, batch_size=3, workers=1, augment_in=where,
+                           checkpoint_every=100, cache_dir=str(cache_dir), progress=False)
+
+    train(config(tmp_path / "device", 4, "device"))
+    train(config(tmp_path / "workers", 4, "workers"))
+    device, workers = losses(tmp_path / "device"), losses(tmp_path / "workers")
+    assert [s for s, _ in workers] == [1, 2, 3, 4]
+    np.testing.assert_allclose([v for _, v in workers], [v for _, v in device], rtol=1e-4)
+    train(config(tmp_path / "split", 3, "workers"))
+    train(config(tmp_path / "split", 4, "workers"), resume=True)
+    assert losses(tmp_path / "split") == workers
+
+
+def test_augment_place() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert augment_place("auto", cpu, 1) == "workers"
+    assert augment_place("auto", cpu, 0) == "device"
+    assert augment_place("auto", cuda, 4) == "device"
+    assert augment_place("workers", cuda, 4) == "workers"
+    with pytest.raises(ValueError, match="--workers 1"):
+        augment_place("workers", cpu, 0)
+    with pytest.raises(ValueError, match="auto, workers or device"):
+        augment_place("gpu", cpu, 1)
 
 
 def test_sigterm_checkpoints_and_resumes(audio_dir: Path, cache_dir: Path, tmp_path: Path) -> None:
