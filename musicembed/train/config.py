@@ -68,6 +68,7 @@ class TrainConfig:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: not a training run folder (no {RUN_FILE})")
         raw = json.loads(path.read_text())
+        raw.setdefault("augment_in", "device")  # runs written before the setting augmented in process
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(raw) - known)
         if unknown:

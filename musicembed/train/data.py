@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, default_collate
 from tqdm import tqdm
 
 from ..audio import find_audio_files, load_audio
@@ -255,7 +255,7 @@ class _Batches(Dataset):
 
     def __getitem__(self, key: tuple[int, list[tuple[int, int]]]) -> torch.Tensor:
         step, keys = key
-        batch = torch.stack([self.crops[k] for k in keys])
+        batch = default_collate([self.crops[k] for k in keys])  # in a worker: straight into shared memory
         return batch if self.transform is None else self.transform(batch, step)
 
 

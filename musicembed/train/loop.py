@@ -185,6 +185,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
 def _train(cfg: TrainConfig, resume: bool, info: distributed.DistInfo, device: torch.device) -> TrainResult:
     run_dir = Path(cfg.out)
     model_cfg = cfg.model_config()
+    in_workers = augment_place(cfg.augment_in, device, cfg.workers) == "workers"
     checkpoints = list_checkpoints(run_dir)
     if resume and not checkpoints:
         raise FileNotFoundError(f"{run_dir}: no checkpoint to resume from")
@@ -204,7 +205,6 @@ def _train(cfg: TrainConfig, resume: bool, info: distributed.DistInfo, device: t
         build_cache(files, cache_dir, model_cfg.sample_rate, cfg.workers, progress=cfg.progress and info.main)
     distributed.barrier()
     cache = build_cache(files, cache_dir, model_cfg.sample_rate, cfg.workers, progress=False)
-    in_workers = augment_place(cfg.augment_in, device, cfg.workers) == "workers"
     batch_augment = AugmentBatch(augmenter, window, cfg.seed, info.rank)
     loader = make_loader(cached_pieces(pieces, cache), augmenter.in_samples(window), 2, cfg.batch_size, cfg.workers,
                          cfg.seed, info.rank, info.world, pin_memory=device.type == "cuda",

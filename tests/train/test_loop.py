@@ -16,9 +16,10 @@ import torch
 from click.testing import CliRunner
 
 import musicembed
+from musicembed.train import loop
 from musicembed.train.cli import train_command
 from musicembed.train.config import TrainConfig, resolve
-from musicembed.train.loop import augment_place, list_checkpoints, train
+from musicembed.train.loop import AugmentBatch, augment_place, list_checkpoints, train
 
 
 def losses(run_dir: Path) -> list[tuple[int, float]]:
@@ -72,19 +73,36 @@ def test_resume_continues_exactly(method: str, audio_dir: Path, cache_dir: Path,
     assert [p.name for p in list_checkpoints(tmp_path / "split")] == ["step-00000003", "step-00000005"]
 
 
+class _PidRecordingAugment(AugmentBatch):
+    """AugmentBatch that appends the id of the process it runs in to ``PID_LOG``."""
+
+    PID_LOG: Path
+
+    def __call__(self, crops: torch.Tensor, step: int) -> torch.Tensor:
+        with open(self.PID_LOG, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        return super().__call__(crops, step)
+
+
 def test_augmenting_in_workers_trains_like_augmenting_in_process(audio_dir: Path, cache_dir: Path,
-                                                                 tmp_path: Path) -> None:
-    """--augment-in workers moves the augmentation, not its draws: the losses match the
-    in-process run, and a resumed workers run continues exactly."""
+                                                                 tmp_path: Path, monkeypatch) -> None:
+    """--augment-in workers moves the augmentation, not its draws: it runs in another process,
+    the losses match the in-process run, and a resumed workers run continues exactly."""
     model, objective, augment = resolve("pemr", ["tiny"])
+    monkeypatch.setattr(loop, "AugmentBatch", _PidRecordingAugment)
 
     def config(out: Path, steps: int, where: str) -> TrainConfig:
         return TrainConfig(method="pemr", data=str(audio_dir), out=str(out), model=model, objective=objective,
                            augment=augment, steps=steps, batch_size=3, workers=1, augment_in=where,
                            checkpoint_every=100, cache_dir=str(cache_dir), progress=False)
 
-    train(config(tmp_path / "device", 4, "device"))
-    train(config(tmp_path / "workers", 4, "workers"))
+    pids = {}
+    for where in ("device", "workers"):
+        _PidRecordingAugment.PID_LOG = tmp_path / f"{where}.pids"
+        train(config(tmp_path / where, 4, where))
+        pids[where] = set(_PidRecordingAugment.PID_LOG.read_text().split())
+    assert pids["device"] == {str(os.getpid())}
+    assert pids["workers"] and str(os.getpid()) not in pids["workers"]
     device, workers = losses(tmp_path / "device"), losses(tmp_path / "workers")
     assert [s for s, _ in workers] == [1, 2, 3, 4]
     np.testing.assert_allclose([v for _, v in workers], [v for _, v in device], rtol=1e-4)
@@ -93,8 +111,11 @@ def test_augmenting_in_workers_trains_like_augmenting_in_process(audio_dir: Path
     assert losses(tmp_path / "split") == workers
 
 
-def test_augment_place() -> None:
+def test_augment_place(tmp_path: Path) -> None:
     cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    old_run = {"method": "pemr", "data": "music", "out": str(tmp_path), "model": {}, "workers": 2}
+    (tmp_path / "run.json").write_text(json.dumps(old_run))
+    assert TrainConfig.load(tmp_path).augment_in == "device"  # where runs without the setting augmented
     assert augment_place("auto", cpu, 1) == "workers"
     assert augment_place("auto", cpu, 0) == "device"
     assert augment_place("auto", cuda, 4) == "device"
