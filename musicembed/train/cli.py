@@ -13,8 +13,8 @@ import click
 from click.core import ParameterSource
 
 # Options that only steer how a run proceeds; --resume accepts new values for them.
-SCHEDULE_OPTIONS = ("epochs", "steps", "workers", "augment_in", "checkpoint_every", "keep_checkpoints", "device",
-                    "progress")
+SCHEDULE_OPTIONS = ("epochs", "steps", "lr_decay_from", "workers", "augment_in", "checkpoint_every",
+                    "keep_checkpoints", "device", "progress")
 
 
 def _common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -29,6 +29,9 @@ def _common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--batch-size", default=48, show_default=True, type=click.IntRange(min=2),
                      help="Per process; the global batch is this times the number of processes."),
         click.option("--lr", default=3e-4, show_default=True, type=float, help="Adam learning rate."),
+        click.option("--lr-decay-from", "lr_decay_from", default=None, type=click.IntRange(min=0), metavar="STEP",
+                     help="From this optimizer step on, the learning rate falls along a half cosine to 0 at "
+                          "--steps (needs --steps); also on --resume, to anneal a run that ran at a constant rate."),
         click.option("--weight-decay", default=1e-6, show_default=True, type=float),
         click.option("--crop-seconds", default=None, type=click.FloatRange(min=0, min_open=True),
                      help="Training window in seconds (sets the model's window_samples)."),
@@ -76,6 +79,7 @@ def _run(method: str, params: dict[str, Any], objective: dict[str, Any]) -> None
     ctx = click.get_current_context()
     if params["resume"]:
         cfg = TrainConfig.load(params["out"])
+        cfg.out = params["out"]  # the folder given, also when the run was moved or copied
         if cfg.method != method:
             raise click.UsageError(f"{params['out']} is a {cfg.method} run, not {method}")
         given = [p.name for p in ctx.command.params
@@ -106,6 +110,7 @@ def _run(method: str, params: dict[str, Any], objective: dict[str, Any]) -> None
             method=method, data=params["data"], split=params["split"], out=params["out"], model=model,
             objective=obj, augment=augment, epochs=params["epochs"], steps=params["steps"],
             batch_size=params["batch_size"], lr=params["lr"], weight_decay=params["weight_decay"],
+            lr_decay_from=params["lr_decay_from"],
             workers=params["workers"], augment_in=params["augment_in"], seed=params["seed"],
             checkpoint_every=params["checkpoint_every"],
             keep_checkpoints=params["keep_checkpoints"], device=params["device"], cache_dir=params["cache_dir"],

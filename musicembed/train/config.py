@@ -46,6 +46,7 @@ class TrainConfig:
     batch_size: int = 48
     lr: float = 3e-4
     weight_decay: float = 1e-6
+    lr_decay_from: int | None = None  # from this step on, lr follows a half cosine down to 0 at ``steps``
     workers: int = 2
     augment_in: str = "auto"  # "workers", "device" or "auto" (loop.augment_place)
     seed: int = 0

@@ -186,6 +186,7 @@ def _train(cfg: TrainConfig, resume: bool, info: distributed.DistInfo, device: t
     run_dir = Path(cfg.out)
     model_cfg = cfg.model_config()
     in_workers = augment_place(cfg.augment_in, device, cfg.workers) == "workers"
+    learning_rate(cfg, 0)  # refuses a decay without an end before any work
     checkpoints = list_checkpoints(run_dir)
     if resume and not checkpoints:
         raise FileNotFoundError(f"{run_dir}: no checkpoint to resume from")
@@ -247,6 +248,8 @@ def _train(cfg: TrainConfig, resume: bool, info: distributed.DistInfo, device: t
                 if not in_workers:
                     batch = batch_augment(batch, progress.step)
                 torch.manual_seed(step_seed(cfg.seed, progress.step, info.rank, 1))
+                for group in opt.param_groups:
+                    group["lr"] = learning_rate(cfg, progress.step)
                 values = _step(net, opt, batch)
                 progress.step += 1
                 progress.batch_in_epoch += 1
@@ -291,6 +294,19 @@ def _init_model(model: nn.Module, init_from: dict[str, str]) -> None:
         detail = " ".join(str(e).split(":", 1)[-1].strip().splitlines()[:3])[:300]
         raise ValueError(f"--init-from {init_from['model']}: its weights do not fit the run's model "
                          f"(a --config override changed the architecture?): {detail}") from None
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """Learning rate of optimizer step ``step`` (0-based): ``cfg.lr``, and from step
+    ``cfg.lr_decay_from`` on a half cosine from ``cfg.lr`` down to 0 at step ``cfg.steps``."""
+    start = cfg.lr_decay_from
+    if start is None:
+        return cfg.lr
+    if cfg.steps is None or start >= cfg.steps:
+        raise ValueError(f"lr_decay_from ({start}) needs --steps greater than it (steps: {cfg.steps})")
+    if step < start:
+        return cfg.lr
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(step - start, cfg.steps - start) / (cfg.steps - start)))
 
 
 def augment_place(setting: str, device: torch.device, workers: int) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -19,7 +20,7 @@ import musicembed
 from musicembed.train import loop
 from musicembed.train.cli import train_command
 from musicembed.train.config import TrainConfig, resolve
-from musicembed.train.loop import AugmentBatch, augment_place, list_checkpoints, train
+from musicembed.train.loop import AugmentBatch, augment_place, learning_rate, list_checkpoints, train
 
 
 def losses(run_dir: Path) -> list[tuple[int, float]]:
@@ -124,6 +125,32 @@ def test_augment_place(tmp_path: Path) -> None:
         augment_place("workers", cpu, 0)
     with pytest.raises(ValueError, match="auto, workers or device"):
         augment_place("gpu", cpu, 1)
+
+
+def test_learning_rate_decays_along_a_half_cosine(tmp_path: Path) -> None:
+    cfg = TrainConfig(method="pemr", data="music", out=str(tmp_path), model={}, lr=1e-3, steps=10, lr_decay_from=6)
+    rates = [learning_rate(cfg, s) for s in range(11)]
+    np.testing.assert_allclose(rates, [1e-3] * 7 + [8.5355e-4, 5e-4, 1.4645e-4, 0.0], rtol=1e-4, atol=1e-12)
+    assert learning_rate(TrainConfig(method="pemr", data="m", out="o", model={}, lr=1e-3), 10**6) == 1e-3
+    with pytest.raises(ValueError, match="needs --steps"):
+        learning_rate(TrainConfig(method="pemr", data="m", out="o", model={}, lr_decay_from=5), 0)
+
+
+def test_copied_run_anneals_on_resume_and_leaves_the_original(audio_dir: Path, cache_dir: Path,
+                                                               tmp_path: Path) -> None:
+    """--resume --lr-decay-from anneals a run trained at a constant rate; a copied run folder
+    resumes into itself, not into the folder it was copied from."""
+    first, copy = tmp_path / "first", tmp_path / "copy"
+    invoke("pemr", "--data", str(audio_dir), "--out", str(first), "--config", "tiny", "--steps", "3",
+           "--batch-size", "4", "--workers", "0", "--cache-dir", str(cache_dir), "--no-progress", "--lr", "0.001")
+    shutil.copytree(first, copy)
+    invoke("pemr", "--out", str(copy), "--resume", "--steps", "7", "--lr-decay-from", "3", "--no-progress")
+    with open(copy / "log.csv", newline="") as f:
+        rates = [float(r["lr"]) for r in csv.DictReader(f)]
+    np.testing.assert_allclose(rates, [1e-3] * 4 + [8.5355e-4, 5e-4, 1.4645e-4], rtol=1e-4)
+    assert [s for s, _ in losses(first)] == [1, 2, 3]
+    assert [p.name for p in list_checkpoints(first)] == ["step-00000003"]
+    assert json.loads((copy / "run.json").read_text())["out"] == str(copy)
 
 
 def test_sigterm_checkpoints_and_resumes(audio_dir: Path, cache_dir: Path, tmp_path: Path) -> None:
