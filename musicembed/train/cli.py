@@ -37,11 +37,10 @@ def _common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="Training window in seconds (sets the model's window_samples)."),
         click.option("--workers", default=2, show_default=True, type=click.IntRange(min=0),
                      help="DataLoader worker processes (and audio decoding processes)."),
-        click.option("--augment-in", "augment_in", default="auto", show_default=True,
-                     type=click.Choice(["auto", "workers", "device"]),
-                     help="Where batches are augmented: in the DataLoader workers (CPU, overlapping the model "
-                          "step), or in the training process on its device; auto: workers when training on the "
-                          "CPU with --workers >= 1, else device."),
+        click.option("--augment-in", "augment_in", default="device", show_default=True,
+                     type=click.Choice(["device", "workers"]),
+                     help="Where batches are augmented: in the training process on its device, or in the "
+                          "DataLoader workers (CPU, overlapping the model step; needs --workers >= 1)."),
         click.option("--seed", default=0, show_default=True, type=int),
         click.option("--checkpoint-every", default=500, show_default=True, type=click.IntRange(min=1),
                      help="Steps between checkpoints (one is also written at the end and on SIGINT/SIGTERM)."),

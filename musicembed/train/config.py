@@ -48,7 +48,7 @@ class TrainConfig:
     weight_decay: float = 1e-6
     lr_decay_from: int | None = None  # from this step on, lr follows a half cosine down to 0 at ``steps``
     workers: int = 2
-    augment_in: str = "auto"  # "workers", "device" or "auto" (loop.augment_place)
+    augment_in: str = "device"  # or "workers" (loop.augment_place)
     seed: int = 0
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
@@ -69,7 +69,6 @@ class TrainConfig:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: not a training run folder (no {RUN_FILE})")
         raw = json.loads(path.read_text())
-        raw.setdefault("augment_in", "device")  # runs written before the setting augmented in process
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(raw) - known)
         if unknown:

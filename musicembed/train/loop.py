@@ -185,8 +185,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
 def _train(cfg: TrainConfig, resume: bool, info: distributed.DistInfo, device: torch.device) -> TrainResult:
     run_dir = Path(cfg.out)
     model_cfg = cfg.model_config()
-    in_workers = augment_place(cfg.augment_in, device, cfg.workers) == "workers"
+    in_workers = augment_place(cfg.augment_in, cfg.workers) == "workers"
     learning_rate(cfg, 0)  # refuses a decay without an end before any work
+    if in_workers and device.type == "cpu" and info.world == 1 and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(_cores_beside(cfg.workers))
     checkpoints = list_checkpoints(run_dir)
     if resume and not checkpoints:
         raise FileNotFoundError(f"{run_dir}: no checkpoint to resume from")
@@ -309,15 +311,18 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(step - start, cfg.steps - start) / (cfg.steps - start)))
 
 
-def augment_place(setting: str, device: torch.device, workers: int) -> str:
-    """Where a run augments its batches: "workers" (in the DataLoader worker processes, on the
-    CPU, while the training process runs the previous step) or "device" (in the training
-    process, on its device). ``setting`` "auto" is "workers" when training on the CPU with at
-    least one worker, "device" otherwise (on a GPU the augmentation is cheapest there)."""
-    if setting not in ("auto", "workers", "device"):
-        raise ValueError(f"augment_in must be auto, workers or device, not {setting!r}")
-    if setting == "auto":
-        return "workers" if device.type == "cpu" and workers > 0 else "device"
+def _cores_beside(workers: int) -> int:
+    """Threads for the training process that leave one core to each augmenting worker."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, usable - workers)
+
+
+def augment_place(setting: str, workers: int) -> str:
+    """Where a run augments its batches, checked: "device" (in the training process, on its
+    device) or "workers" (in the DataLoader worker processes, on the CPU, while the training
+    process runs the previous step)."""
+    if setting not in ("workers", "device"):
+        raise ValueError(f"augment_in must be workers or device, not {setting!r}")
     if setting == "workers" and workers == 0:
         raise ValueError("augment_in 'workers' needs --workers 1 or more")
     return setting
