@@ -174,10 +174,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     info = distributed.from_env()
     device = distributed.pick_device(cfg.device, info)
     started = not torch.distributed.is_initialized()
+    threads = torch.get_num_threads()  # _train may lower it for augmenting workers
     distributed.init(info, device)
     try:
         return _train(cfg, resume, info, device)
     finally:
+        torch.set_num_threads(threads)
         if started:
             distributed.shutdown()
 
