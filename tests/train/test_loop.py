@@ -97,13 +97,17 @@ def test_augmenting_in_workers_trains_like_augmenting_in_process(audio_dir: Path
                            augment=augment, steps=steps, batch_size=3, workers=1, augment_in=where,
                            checkpoint_every=100, cache_dir=str(cache_dir), progress=False)
 
-    pids, threads = {}, torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() + 1)  # more than a workers run leaves itself
+    pids = {}
     for where in ("device", "workers"):
         _PidRecordingAugment.PID_LOG = tmp_path / f"{where}.pids"
         train(config(tmp_path / where, 4, where))
         pids[where] = set(_PidRecordingAugment.PID_LOG.read_text().split())
     assert pids["device"] == {str(os.getpid())}
-    assert torch.get_num_threads() == threads  # what the workers run took for itself is given back
+    assert torch.get_num_threads() == os.cpu_count() + 1  # the workers run gave its threads back
+    torch.set_num_threads(threads)
     assert pids["workers"] and str(os.getpid()) not in pids["workers"]
     device, workers = losses(tmp_path / "device"), losses(tmp_path / "workers")
     assert [s for s, _ in workers] == [1, 2, 3, 4]
