@@ -35,6 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ..hub import save_pretrained
+from ..pipeline import default_threads, fewer_torch_threads
 from . import distributed
 from .augment import AugmentConfig, Augmenter
 from .config import TrainConfig, init_weights
@@ -173,24 +174,25 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     """
     info = distributed.from_env()
     device = distributed.pick_device(cfg.device, info)
+    in_workers = augment_place(cfg.augment_in, cfg.workers) == "workers"
+    learning_rate(cfg, 0)  # refuses a decay without an end before any work
+    threads = None  # torch's own setting, unless augmenting workers need cores of their own
+    if in_workers and info.world == 1 and "OMP_NUM_THREADS" not in os.environ:
+        threads = default_threads(device, cfg.workers)
     started = not torch.distributed.is_initialized()
-    threads = torch.get_num_threads()  # _train may lower it for augmenting workers
     distributed.init(info, device)
     try:
-        return _train(cfg, resume, info, device)
+        with fewer_torch_threads(threads):
+            return _train(cfg, resume, info, device, in_workers)
     finally:
-        torch.set_num_threads(threads)
         if started:
             distributed.shutdown()
 
 
-def _train(cfg: TrainConfig, resume: bool, info: distributed.DistInfo, device: torch.device) -> TrainResult:
+def _train(cfg: TrainConfig, resume: bool, info: distributed.DistInfo, device: torch.device,
+           in_workers: bool) -> TrainResult:
     run_dir = Path(cfg.out)
     model_cfg = cfg.model_config()
-    in_workers = augment_place(cfg.augment_in, cfg.workers) == "workers"
-    learning_rate(cfg, 0)  # refuses a decay without an end before any work
-    if in_workers and device.type == "cpu" and info.world == 1 and "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(_cores_beside(cfg.workers))
     checkpoints = list_checkpoints(run_dir)
     if resume and not checkpoints:
         raise FileNotFoundError(f"{run_dir}: no checkpoint to resume from")
@@ -311,12 +313,6 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
     if step < start:
         return cfg.lr
     return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(step - start, cfg.steps - start) / (cfg.steps - start)))
-
-
-def _cores_beside(workers: int) -> int:
-    """Threads for the training process that leave one core to each augmenting worker."""
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, usable - workers)
 
 
 def augment_place(setting: str, workers: int) -> str:
