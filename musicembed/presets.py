@@ -29,15 +29,16 @@ TINY: dict[str, dict[str, Any]] = {
 def pemr_config(**overrides: Any) -> ModelConfig:
     """The project's PEMR inference config: FCN-4 on 3-s windows at 16 kHz, 512-d output.
 
-    64 mel bands at a 32-ms hop (94 frames per window), standardised per window; 32/64/128/256
-    channels; ceil-mode pools and a mean over the remaining time steps, so every frame of a
-    window reaches its vector.
+    64 mel bands at a 32-ms hop (94 frames per window), clipped 40 dB below each window's peak
+    and standardised per window; 32/64/128/256 channels; ceil-mode pools and a mean over the
+    remaining time steps, so every frame of a window reaches its vector. The bundled weights'
+    architecture: ``musicembed train pemr`` starts from it.
     """
     cfg = ModelConfig(
         method="pemr",
         name="pemr",
         window_samples=48000,
-        frontend=FrontendConfig(n_fft=1024, hop_length=512, n_mels=64, normalize="window"),
+        frontend=FrontendConfig(n_fft=1024, hop_length=512, n_mels=64, top_db=40.0, normalize="window"),
         encoder=EncoderConfig(
             channels=[32, 64, 128, 256], pools=[[2, 4], [2, 2], [2, 2], [4, 1]], ceil_pools=True, time_pool="mean"
         ),
@@ -48,15 +49,16 @@ def pemr_config(**overrides: Any) -> ModelConfig:
 def mart_config(**overrides: Any) -> ModelConfig:
     """The project's MART inference config: FCN-7 on a 4.096-s clip, 4 levels of 2 parts, 512-d.
 
-    Every clip of every level becomes a 64-band x 32-frame log-mel standardised on its own;
-    the 2048-point FFT is as long as the longest hop (2048 samples at level 0), so no level's
-    frames skip samples.
+    Every clip of every level becomes a 64-band x 32-frame log-mel, clipped 40 dB below its
+    peak and standardised on its own; the 2048-point FFT is as long as the longest hop (2048
+    samples at level 0), so no level's frames skip samples. The bundled weights' architecture:
+    ``musicembed train mart`` starts from it.
     """
     cfg = ModelConfig(
         method="mart",
         name="mart",
         window_samples=65536,
-        frontend=FrontendConfig(n_fft=2048, hop_length=512, n_mels=64, normalize="window"),
+        frontend=FrontendConfig(n_fft=2048, hop_length=512, n_mels=64, top_db=40.0, normalize="window"),
         encoder=EncoderConfig(
             arch="fcn7",
             channels=[16, 32, 64, 128, 128, 256, 512],

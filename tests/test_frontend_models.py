@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 
 import pytest
 import torch
 import torchaudio
 
+from musicembed import hub
 from musicembed.config import FrontendConfig, ModelConfig
 from musicembed.frontend import LogMel, mel_filterbank
 from musicembed.models import MARTModel, PEMRModel, build_model
@@ -70,6 +73,15 @@ def test_default_configs_build_with_the_documented_sizes():
             out = net(torch.randn(1, cfg.window_samples))
         z = out[0] if isinstance(out, list) else out
         assert z.shape[-1] == cfg.embedding_dim == 512
+
+
+@pytest.mark.parametrize("name,preset", [("pemr", pemr_config), ("mart", mart_config)])
+def test_presets_are_the_bundled_architectures(name, preset):
+    """``musicembed train`` from scratch starts from the frontend and encoder it ships with."""
+    bundled = json.loads((Path(hub.bundled_dir(hub.model_entry(name))) / "config.json").read_text())
+    ours = preset().to_dict()
+    for key in ("window_samples", "frontend", "encoder", "mart"):
+        assert ours[key] == bundled[key], key
 
 
 def test_mart_levels_have_equal_mel_size_and_spans():
