@@ -2,7 +2,8 @@
 
 Runs in a Python environment that has musicnn and TensorFlow (not musicembed's), e.g.
 
-    python3.11 -m venv peer-venv && peer-venv/bin/pip install musicnn tensorflow tf-keras
+    python3.11 -m venv peer-venv && peer-venv/bin/pip install tensorflow tf-keras librosa soundfile
+    peer-venv/bin/pip install --no-deps musicnn  # its own pins (numpy<1.17) do not build on 3.11
     TF_USE_LEGACY_KERAS=1 peer-venv/bin/python benchmarks/peer_musicnn.py FOLDER --json peer.json
 
 musicnn's API embeds one file per call (librosa load + resample to 16 kHz, log-mel, then a
