@@ -41,6 +41,10 @@ def _common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      type=click.Choice(["device", "workers"]),
                      help="Where batches are augmented: in the training process on its device, or in the "
                           "DataLoader workers (CPU, overlapping the model step; needs --workers >= 1)."),
+        click.option("--align-versions/--independent-versions", "align_versions", default=False,
+                     help="Two views from different versions of a piece: centred on one random point of the "
+                          "score (needs the manifest's 'tempo' column, the speed each version plays its score "
+                          "at), or each from its own random point [default: independent]."),
         click.option("--seed", default=0, show_default=True, type=int),
         click.option("--checkpoint-every", default=500, show_default=True, type=click.IntRange(min=1),
                      help="Steps between checkpoints (one is also written at the end and on SIGINT/SIGTERM)."),
@@ -110,7 +114,8 @@ def _run(method: str, params: dict[str, Any], objective: dict[str, Any]) -> None
             objective=obj, augment=augment, epochs=params["epochs"], steps=params["steps"],
             batch_size=params["batch_size"], lr=params["lr"], weight_decay=params["weight_decay"],
             lr_decay_from=params["lr_decay_from"],
-            workers=params["workers"], augment_in=params["augment_in"], seed=params["seed"],
+            workers=params["workers"], augment_in=params["augment_in"], align_versions=params["align_versions"],
+            seed=params["seed"],
             checkpoint_every=params["checkpoint_every"],
             keep_checkpoints=params["keep_checkpoints"], device=params["device"], cache_dir=params["cache_dir"],
             progress=params["progress"], init_from=init,

@@ -49,6 +49,7 @@ class TrainConfig:
     lr_decay_from: int | None = None  # from this step on, lr follows a half cosine down to 0 at ``steps``
     workers: int = 2
     augment_in: str = "device"  # or "workers" (loop.augment_place)
+    align_versions: bool = False  # views of a piece's versions from one point of the score (data.CropDataset)
     seed: int = 0
     checkpoint_every: int = 500
     keep_checkpoints: int = 3

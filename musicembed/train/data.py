@@ -39,6 +39,24 @@ def default_cache_dir() -> Path:
     return Path(base) / "train-audio"
 
 
+def _manifest_rows(src: Path, split: str | None) -> list[dict[str, str]]:
+    """The rows of CSV manifest ``src`` (of ``split`` when given), checked for the needed columns."""
+    with open(src, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if rows and "path" not in rows[0]:
+        raise ValueError(f"{src}: CSV manifest needs a 'path' column")
+    if split is not None:
+        if rows and "split" not in rows[0]:
+            raise ValueError(f"{src}: --split given but the manifest has no 'split' column")
+        rows = [r for r in rows if r["split"] == split]
+    return rows
+
+
+def _listed_path(src: Path, name: str) -> Path:
+    path = Path(name)
+    return path if path.is_absolute() else src.parent / path
+
+
 def list_tracks(source: str | os.PathLike, split: str | None = None) -> list[list[Path]]:
     """Pieces to train on, each a list of its recordings ("versions"): the audio files of a folder
     (recursive) or a text list (one path per line, '#' comments) are one piece each; in a CSV
@@ -54,15 +72,7 @@ def list_tracks(source: str | os.PathLike, split: str | None = None) -> list[lis
     if not src.is_file():
         raise ValueError(f"{src}: no such folder or list file")
     if src.suffix.lower() == ".csv":
-        with open(src, newline="") as f:
-            rows = list(csv.DictReader(f))
-        if rows and "path" not in rows[0]:
-            raise ValueError(f"{src}: CSV manifest needs a 'path' column")
-        if split is not None:
-            if rows and "split" not in rows[0]:
-                raise ValueError(f"{src}: --split given but the manifest has no 'split' column")
-            rows = [r for r in rows if r["split"] == split]
-        keyed = [(r["path"], r.get("track_id") or f"row {i}") for i, r in enumerate(rows)]
+        keyed = [(r["path"], r.get("track_id") or f"row {i}") for i, r in enumerate(_manifest_rows(src, split))]
     else:
         if split is not None:
             raise ValueError("--split needs a CSV manifest with a 'split' column")
@@ -70,11 +80,28 @@ def list_tracks(source: str | os.PathLike, split: str | None = None) -> list[lis
         keyed = [(line, f"row {i}") for i, line in enumerate(lines) if line and not line.startswith("#")]
     pieces: dict[str, list[Path]] = {}
     for name, key in keyed:
-        path = Path(name)
-        pieces.setdefault(key, []).append(path if path.is_absolute() else src.parent / path)
+        pieces.setdefault(key, []).append(_listed_path(src, name))
     if not pieces:
         raise ValueError(f"{src}: lists no audio files" + (f" in split {split!r}" if split else ""))
     return list(pieces.values())
+
+
+def version_speeds(source: str | os.PathLike, split: str | None = None) -> dict[Path, float]:
+    """The speed at which each recording of a CSV manifest plays its score, from the manifest's
+    ``tempo`` column (1.1: one second of audio holds 1.1 s of the score at its written tempo),
+    keyed like :func:`list_tracks`'s paths; rows with no value are left out, and so is every
+    row of a folder, a text list or a manifest without that column."""
+    src = Path(source)
+    if not (src.is_file() and src.suffix.lower() == ".csv"):
+        return {}
+    speeds = {}
+    for row in _manifest_rows(src, split):
+        if row.get("tempo"):
+            speed = float(row["tempo"])
+            if not speed > 0:
+                raise ValueError(f"{src}: tempo of {row['path']} must be above 0, not {row['tempo']}")
+            speeds[_listed_path(src, row["path"])] = speed
+    return speeds
 
 
 def cache_key(path: Path, sample_rate: int) -> str:
@@ -158,16 +185,21 @@ class CropDataset(Dataset):
     A piece is a list of cached recordings (versions of one piece of music). Each view comes
     from a version of its own while there are enough (so a pair of a piece with two renders
     is always cross-version), and from a uniform random position inside it (recordings shorter
-    than a crop are zero-padded); positions are new in every epoch.
+    than a crop are zero-padded); positions are new in every epoch. With ``speeds`` (recording
+    -> the speed it plays its score at, :func:`version_speeds`), views from different versions
+    that all have a speed are centred on one random point of the score instead, so they hold
+    the same notes (clamped to each recording's ends).
     """
 
-    def __init__(self, pieces: list[list[Path]], crop_samples: int, views: int = 2, seed: int = 0) -> None:
+    def __init__(self, pieces: list[list[Path]], crop_samples: int, views: int = 2, seed: int = 0,
+                 speeds: dict[Path, float] | None = None) -> None:
         if not pieces:
             raise ValueError("no readable tracks to train on")
         self.pieces = pieces
         self.crop_samples = crop_samples
         self.views = views
         self.seed = seed
+        self.speeds = speeds or {}
 
     def __len__(self) -> int:
         return len(self.pieces)
@@ -182,10 +214,15 @@ class CropDataset(Dataset):
             chosen = rng.permutation(len(versions))[: self.views].tolist()
             chosen += rng.integers(0, len(versions), size=self.views - len(chosen)).tolist()
         tracks = {v: np.load(versions[v], mmap_mode="r") for v in set(chosen)}
-        crops = []
-        for v in chosen:
-            room = max(len(tracks[v]) - self.crop_samples, 0)
-            crops.append(read_crop(tracks[v], int(rng.integers(0, room + 1)), self.crop_samples))
+        rooms = [max(len(tracks[v]) - self.crop_samples, 0) for v in chosen]
+        speeds = [self.speeds.get(versions[v]) for v in chosen]
+        if len(set(chosen)) > 1 and all(speeds):
+            score_samples = min(len(tracks[v]) * s for v, s in zip(chosen, speeds))
+            centre = rng.uniform(0, score_samples)
+            starts = [int(np.clip(centre / s - self.crop_samples / 2, 0, room)) for s, room in zip(speeds, rooms)]
+        else:
+            starts = [int(rng.integers(0, room + 1)) for room in rooms]
+        crops = [read_crop(tracks[v], start, self.crop_samples) for v, start in zip(chosen, starts)]
         return torch.from_numpy(np.stack(crops))
 
 
@@ -298,10 +335,11 @@ class EpochLoader:
 def make_loader(
     pieces: list[list[Path]], crop_samples: int, views: int, batch_size: int, workers: int, seed: int,
     rank: int = 0, world: int = 1, pin_memory: bool = False,
-    transform: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+    transform: Callable[[torch.Tensor, int], torch.Tensor] | None = None, speeds: dict[Path, float] | None = None,
 ) -> EpochLoader:
-    """An :class:`EpochLoader` over cached pieces; raises if one rank's share is under one batch."""
-    dataset = CropDataset(pieces, crop_samples, views, seed)
+    """An :class:`EpochLoader` over cached pieces (``speeds``: :class:`CropDataset`'s); raises if
+    one rank's share is under one batch."""
+    dataset = CropDataset(pieces, crop_samples, views, seed, speeds)
     loader = EpochLoader(dataset, EpochBatchSampler(len(dataset), rank, world, seed, batch_size), workers, seed,
                          pin_memory, transform)
     if loader.steps_per_epoch == 0:

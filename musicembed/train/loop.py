@@ -39,7 +39,7 @@ from ..pipeline import default_threads, fewer_torch_threads
 from . import distributed
 from .augment import AugmentConfig, Augmenter
 from .config import TrainConfig, init_weights
-from .data import build_cache, cached_pieces, default_cache_dir, list_tracks, make_loader
+from .data import build_cache, cached_pieces, default_cache_dir, list_tracks, make_loader, version_speeds
 from .objectives import build_objective
 
 CHECKPOINTS = "checkpoints"
@@ -213,9 +213,11 @@ def _train(cfg: TrainConfig, resume: bool, info: distributed.DistInfo, device: t
     distributed.barrier()
     cache = build_cache(files, cache_dir, model_cfg.sample_rate, cfg.workers, progress=False)
     batch_augment = AugmentBatch(augmenter, window, cfg.seed, info.rank)
+    speeds = version_speeds(cfg.data, cfg.split) if cfg.align_versions else {}
     loader = make_loader(cached_pieces(pieces, cache), augmenter.in_samples(window), 2, cfg.batch_size, cfg.workers,
                          cfg.seed, info.rank, info.world, pin_memory=device.type == "cuda",
-                         transform=batch_augment if in_workers else None)
+                         transform=batch_augment if in_workers else None,
+                         speeds={cache[p]: s for p, s in speeds.items() if p in cache})
 
     torch.manual_seed(cfg.seed)
     objective = build_objective(model_cfg, cfg.objective).to(device)

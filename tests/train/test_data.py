@@ -20,6 +20,7 @@ from musicembed.train.data import (
     cached_pieces,
     list_tracks,
     make_loader,
+    version_speeds,
 )
 from musicembed.train.loop import AugmentBatch
 
@@ -154,3 +155,35 @@ def test_epoch_batch_sampler_splits_ranks_and_drops_incomplete_batches() -> None
     assert s.batches_per_epoch == 2 and len(s.indices(3)) == 5
     s.start(3, skip_batches=1)
     assert list(islice(s, 2)) == shares[0][1:3]
+
+
+def test_aligned_views_of_two_versions_hold_the_same_point_of_the_score(tmp_path: Path) -> None:
+    # Two renders of one "score" whose samples hold the score position they play (in units of
+    # 1/100 s of score time): version b plays the score 1.25 times as fast as version a.
+    rate, score_seconds = 1000, 300.0
+    paths = {}
+    for name, speed in (("a", 1.0), ("b", 1.25)):
+        n = int(score_seconds * rate / speed)
+        position = np.arange(n) * speed / rate * 100
+        paths[name] = tmp_path / f"{name}.npy"
+        np.save(paths[name], position.astype(np.int16))
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,track_id,tempo\na.npy,s,1.0\nb.npy,s,1.25\nc.npy,,\n")
+    speeds = version_speeds(manifest)
+    assert speeds == {tmp_path / "a.npy": 1.0, tmp_path / "b.npy": 1.25}
+    assert version_speeds(tmp_path) == {}
+    piece = [[paths["a"], paths["b"]]]
+    crop = 2000
+    aligned = CropDataset(piece, crop, views=2, seed=0, speeds=speeds)
+    independent = CropDataset(piece, crop, views=2, seed=0)
+    gaps = {True: [], False: []}
+    for epoch in range(40):
+        for is_aligned, ds in ((True, aligned), (False, independent)):
+            centres = ds[epoch, 0][:, crop // 2].numpy() * 32767 / 100  # score seconds at each view's centre
+            gaps[is_aligned].append(abs(centres[0] - centres[1]))
+    assert max(gaps[True]) < 0.01
+    assert np.median(gaps[False]) > 10  # independent crops of a 300-s score are rarely this close
+    bad = tmp_path / "bad.csv"
+    bad.write_text("path,tempo\na.npy,0\n")
+    with pytest.raises(ValueError, match="above 0"):
+        version_speeds(bad)

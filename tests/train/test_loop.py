@@ -36,7 +36,7 @@ def invoke(*args: str) -> str:
 
 @pytest.mark.parametrize(
     ("method", "extra"),
-    [("pemr", []), ("pemr", ["--mask", "none"]), ("pemr", ["--mask", "pos", "--ratio", "0.3"]), ("mart", []),
+    [("pemr", []), ("pemr", ["--mask", "none", "--align-versions"]), ("pemr", ["--mask", "pos", "--ratio", "0.3"]), ("mart", []),
      ("mart", ["--no-pwt", "--no-hcl"]), ("mart", ["--pw-weight", "0.01"]), ("mart", ["--positives", "separate"])],
 )
 def test_train_export_load_embed(method: str, extra: list[str], audio_dir: Path, cache_dir: Path,
@@ -46,6 +46,7 @@ def test_train_export_load_embed(method: str, extra: list[str], audio_dir: Path,
            "--batch-size", "4", "--workers", "0", "--cache-dir", str(cache_dir), "--no-progress", *extra)
     rows = losses(run)
     assert [s for s, _ in rows] == [1, 2, 3] and all(np.isfinite(v) for _, v in rows)
+    assert json.loads((run / "run.json").read_text())["align_versions"] == ("--align-versions" in extra)
     if method == "mart":
         objective = json.loads((run / "run.json").read_text())["objective"]
         assert objective["pw_weight"] == (0.01 if "--pw-weight" in extra else 1.0)
