@@ -1,8 +1,8 @@
 """``musicembed eval``: the papers' downstream protocols and the free-music evaluation.
 
 Every subcommand embeds the files with the system given by ``--model``/``--system``
-(a model name or folder, ``mfcc``, ``randfcn``, or ``random:<model>``), caches the embeddings in an
-``.npz`` under ``--out``, prints the metrics as JSON and writes them to a JSON file.
+(a model name or folder, ``mfcc``, ``randfcn``, ``chroma``, or ``random:<model>``), caches the
+embeddings in an ``.npz`` under ``--out``, prints the metrics as JSON and writes them to a JSON file.
 """
 
 from __future__ import annotations
@@ -60,8 +60,8 @@ def _tagging_items(dataset: str, root: Path) -> tuple[dict[str, list[tuple[Path,
 
 
 model_option = click.option("--model", "model", required=True,
-                            help="Model name or folder, 'mfcc', 'randfcn' (wide random FCN), or 'random:<model>' "
-                                 "(same architecture, untrained).")
+                            help="Model name or folder, 'mfcc', 'randfcn' (wide random FCN), 'chroma' "
+                                 "(key-invariant chroma), or 'random:<model>' (same architecture, untrained).")
 out_option = click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path),
                           default=Path("eval-results"), show_default=True,
                           help="Folder for results and the embedding cache.")
@@ -207,7 +207,7 @@ def covers(dataset: str, root: Path, model: str, split: str, list_file: Path | N
               help="select: held-out sources for choosing checkpoints and settings; report: held-out sources "
                    "for the final table only; val: held-out tracks of the training sources (in-distribution).")
 @click.option("--system", "systems", multiple=True, required=True,
-              help="Model name or folder, 'mfcc', 'randfcn', 'random:<model>' or 'musicnn[.<layer>]' (needs "
+              help="Model name or folder, 'mfcc', 'randfcn', 'chroma', 'random:<model>' or 'musicnn[.<layer>]' (needs "
                    "--musicnn-python); repeat for each table row.")
 @click.option("--baseline", "baselines", multiple=True,
               help="A system every other system is compared with (paired-bootstrap differences); repeatable; "

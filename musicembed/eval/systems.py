@@ -4,6 +4,7 @@ initialised models.
 A system spec is one of
 - ``mfcc``: MFCC mean + standard deviation over time (40-d), no learning;
 - ``randfcn``: the wide random FCN (:class:`RandomFCNEmbedder`, 512-d), no learning;
+- ``chroma``: a key-invariant pitch-class profile (:class:`ChromaEmbedder`, 6-d), no learning;
 - ``random:<model>``: the architecture of ``<model>`` (name or folder) with fresh weights
   drawn from a fixed seed, the "untrained encoder" baseline;
 - ``musicnn`` or ``musicnn.<layer>``: musicnn's MTT_musicnn (supervised on MagnaTagATune),
@@ -243,6 +244,40 @@ def musicnn_system(spec: str, python: str | os.PathLike, threads: int | None = N
     return System(spec, "musicnn-" + json.dumps(embedder.identity, sort_keys=True), embedder)
 
 
+class ChromaEmbedder(_ClipEmbedder):
+    """Key-invariant chroma baseline, a reference for cover retrieval.
+
+    Power STFT (``n_fft``-point Hann, hop ``hop_length``, at ``sample_rate``) whose bins from
+    ``fmin`` to ``fmax`` Hz are summed into the 12 pitch classes of their nearest equal-tempered
+    pitch (A4 = 440 Hz); each frame is scaled to sum 1 and compressed as log(1 + 100 c), and the
+    frames are averaged. A transposition rotates that 12-bin profile, which changes only the
+    phases of its discrete Fourier transform: the vector is the magnitudes of DFT coefficients
+    1-6 (6-d), unchanged by a change of key.
+    """
+
+    def __init__(self, sample_rate: int = 22050, n_fft: int = 8192, hop_length: int = 2048, fmin: float = 55.0,
+                 fmax: float = 2000.0) -> None:
+        self.sample_rate = sample_rate
+        self.n_fft = n_fft
+        self.hop_length = hop_length
+        self.dim = 6
+        self.settings = {"sample_rate": sample_rate, "n_fft": n_fft, "hop_length": hop_length, "fmin": fmin,
+                         "fmax": fmax}
+        freqs = torch.arange(n_fft // 2 + 1) * sample_rate / n_fft
+        self.bins = torch.nonzero((freqs >= fmin) & (freqs <= fmax)).squeeze(1)
+        self.pitch_class = torch.round(12 * torch.log2(freqs[self.bins] / 440.0)).long() % 12
+        self.window = torch.hann_window(n_fft)
+
+    @torch.no_grad()
+    def _one(self, wave: torch.Tensor) -> np.ndarray:
+        if wave.numel() < self.n_fft:
+            wave = torch.nn.functional.pad(wave, (0, self.n_fft - wave.numel()))
+        power = torch.stft(wave, self.n_fft, self.hop_length, window=self.window, return_complex=True).abs() ** 2
+        chroma = torch.zeros(12, power.shape[1]).index_add_(0, self.pitch_class, power[self.bins])
+        chroma = torch.log1p(100 * chroma / chroma.sum(dim=0, keepdim=True).clamp_min(1e-12))
+        return torch.fft.rfft(chroma.mean(dim=1)).abs()[1:].numpy().astype(np.float32)
+
+
 def is_musicnn(spec: str) -> bool:
     """Whether ``spec`` names the musicnn baseline."""
     return spec.partition(".")[0] == MUSICNN
@@ -264,6 +299,9 @@ def load_system(spec: str, device: str | None = None) -> System:
     if spec == "mfcc":
         mfcc = MFCCEmbedder()
         return System(spec, "mfcc-" + json.dumps(mfcc.settings, sort_keys=True), mfcc)
+    if spec == "chroma":
+        chroma = ChromaEmbedder()
+        return System(spec, "chroma-" + json.dumps(chroma.settings, sort_keys=True), chroma)
     if spec == "randfcn":
         fcn = RandomFCNEmbedder(device=device)
         return System(spec, f"randfcn-{fcn.weights_sha256[:16]}-" + json.dumps(fcn.settings, sort_keys=True), fcn)

@@ -1,4 +1,4 @@
-"""The feature baselines: MFCC and the wide random FCN."""
+"""The feature baselines: MFCC, the wide random FCN and key-invariant chroma."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from eval_helpers import SR, melody, synth
 
-from musicembed.eval.systems import MFCCEmbedder, RandomFCNEmbedder, load_system
+from musicembed.eval.systems import ChromaEmbedder, MFCCEmbedder, RandomFCNEmbedder, load_system
 
 
 @pytest.fixture(scope="module")
@@ -55,3 +55,20 @@ def test_randfcn_chunks_long_inputs(fcn: RandomFCNEmbedder) -> None:
 def test_mfcc_shape() -> None:
     m = MFCCEmbedder()
     assert m.embed([synth(melody(0), "sine")], sample_rate=SR).shape == (1, 40)
+
+
+def test_chroma_is_key_invariant_and_tells_melodies_apart() -> None:
+    chroma = load_system("chroma").embedder
+    assert isinstance(chroma, ChromaEmbedder)
+
+    def cos(a: np.ndarray, b: np.ndarray) -> float:
+        return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+    tune = chroma.embed(synth(melody(4, n=48), "square"), sample_rate=SR)
+    assert tune.shape == (6,) and tune.dtype == np.float32 and np.isfinite(tune).all()
+    # another key (3 semitones up) and another timbre: the same profile, rotated
+    cover = chroma.embed(synth(melody(4, n=48, shift=3), "saw"), sample_rate=SR)
+    other = chroma.embed(synth(melody(5, n=48), "square"), sample_rate=SR)
+    assert cos(tune, cover) > 0.98
+    assert cos(tune, other) < cos(tune, cover) - 0.02
+    assert chroma.embed(synth(melody(4, n=2), "sine")[:100], sample_rate=SR).shape == (6,)
