@@ -214,6 +214,9 @@ def _train(cfg: TrainConfig, resume: bool, info: distributed.DistInfo, device: t
     cache = build_cache(files, cache_dir, model_cfg.sample_rate, cfg.workers, progress=False)
     batch_augment = AugmentBatch(augmenter, window, cfg.seed, info.rank)
     speeds = version_speeds(cfg.data, cfg.split) if cfg.align_versions else {}
+    if cfg.align_versions and not speeds:
+        raise ValueError(f"--align-versions: {cfg.data} gives no recording a speed (it needs a CSV manifest "
+                         "with a 'tempo' column)")
     loader = make_loader(cached_pieces(pieces, cache), augmenter.in_samples(window), 2, cfg.batch_size, cfg.workers,
                          cfg.seed, info.rank, info.world, pin_memory=device.type == "cuda",
                          transform=batch_augment if in_workers else None,

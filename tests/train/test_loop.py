@@ -36,7 +36,7 @@ def invoke(*args: str) -> str:
 
 @pytest.mark.parametrize(
     ("method", "extra"),
-    [("pemr", []), ("pemr", ["--mask", "none", "--align-versions"]), ("pemr", ["--mask", "pos", "--ratio", "0.3"]), ("mart", []),
+    [("pemr", []), ("pemr", ["--mask", "none"]), ("pemr", ["--mask", "pos", "--ratio", "0.3"]), ("mart", []),
      ("mart", ["--no-pwt", "--no-hcl"]), ("mart", ["--pw-weight", "0.01"]), ("mart", ["--positives", "separate"])],
 )
 def test_train_export_load_embed(method: str, extra: list[str], audio_dir: Path, cache_dir: Path,
@@ -46,7 +46,6 @@ def test_train_export_load_embed(method: str, extra: list[str], audio_dir: Path,
            "--batch-size", "4", "--workers", "0", "--cache-dir", str(cache_dir), "--no-progress", *extra)
     rows = losses(run)
     assert [s for s, _ in rows] == [1, 2, 3] and all(np.isfinite(v) for _, v in rows)
-    assert json.loads((run / "run.json").read_text())["align_versions"] == ("--align-versions" in extra)
     if method == "mart":
         objective = json.loads((run / "run.json").read_text())["objective"]
         assert objective["pw_weight"] == (0.01 if "--pw-weight" in extra else 1.0)
@@ -214,3 +213,19 @@ def test_init_from_exported_model(audio_dir: Path, cache_dir: Path, tmp_path: Pa
         result = CliRunner().invoke(train_command, [method, "--out", str(tmp_path / "bad"), "--init-from", ref,
                                                     *common[:-2]])
         assert result.exit_code == 2 and "--init-from" in result.output, result.output
+
+
+def test_align_versions_needs_speeds_and_trains_on_a_manifest(audio_dir: Path, cache_dir: Path,
+                                                              tmp_path: Path) -> None:
+    common = ["--config", "tiny", "--steps", "2", "--batch-size", "2", "--workers", "0", "--cache-dir",
+              str(cache_dir), "--no-progress", "--align-versions"]
+    result = CliRunner().invoke(train_command, ["pemr", "--data", str(audio_dir), "--out", str(tmp_path / "a"),
+                                                *common])
+    assert result.exit_code != 0 and "'tempo' column" in result.output
+    files = sorted(audio_dir.iterdir())[:4]
+    manifest = tmp_path / "versions.csv"
+    manifest.write_text("path,track_id,tempo\n" + "".join(
+        f"{f},{'ab'[i // 2]},{1.0 + 0.1 * i}\n" for i, f in enumerate(files)))
+    invoke("pemr", "--data", str(manifest), "--out", str(tmp_path / "b"), *common)
+    assert json.loads((tmp_path / "b" / "run.json").read_text())["align_versions"] is True
+    assert [s for s, _ in losses(tmp_path / "b")] == [1, 2]
