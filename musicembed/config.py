@@ -20,6 +20,8 @@ from .windows import MartLevel, mart_levels
 FORMAT_VERSION = 2
 NORMALIZE_MODES = ("none", "window", "center")
 TIME_POOLS = ("max", "mean")
+FREQ_POOLS = ("flatten", "max", "mean")
+MEL_SCALES = ("htk", "slaney", "log")
 MIN_MODEL_SAMPLE_RATE = 1000  # Hz
 MAX_MODEL_SAMPLE_RATE = 768_000  # Hz
 MAX_WINDOW_SECONDS = 3600.0  # a longer window would zero-pad every shorter file to its length
@@ -102,7 +104,10 @@ class FrontendConfig:
     n_mels: int = 128
     f_min: float = 0.0
     f_max: float | None = None  # None: Nyquist of ``filterbank_sample_rate``
-    mel_scale: str = "htk"  # "htk" or "slaney"
+    # "htk" or "slaney": mel bands. "log": n_mels triangular bands evenly spaced in log frequency
+    # from f_min (> 0) to f_max, n_mels / log2(f_max / f_min) bands per octave, so a change of key
+    # shifts the spectrum along the band axis (pair with encoder.freq_pool "max" or "mean").
+    mel_scale: str = "htk"
     mel_norm: str | None = None  # None or "slaney"
     # Rate the mel filterbank is designed for. None means ``sample_rate``. The PEMR
     # authors' code builds its filterbank for 16 kHz and applies it to 22.05 kHz audio;
@@ -133,7 +138,7 @@ class FrontendConfig:
             "n_mels": _between(1, 1024),
             "f_min": _between(0, nyquist),
             "f_max": _between(0, nyquist),
-            "mel_scale": _one_of("htk", "slaney"),
+            "mel_scale": _one_of(*MEL_SCALES),
             "mel_norm": _one_of(None, "slaney"),
             "filterbank_sample_rate": _between(MIN_MODEL_SAMPLE_RATE, MAX_MODEL_SAMPLE_RATE),
             "amin": _between(1e-30, 1.0),
@@ -142,6 +147,8 @@ class FrontendConfig:
         })
         if self.f_max is not None and self.f_max <= self.f_min:
             raise ValueError(_at(where, f"frontend.f_max = {self.f_max:g}: must be above f_min ({self.f_min:g})"))
+        if self.mel_scale == "log" and not self.f_min > 0:
+            raise ValueError(_at(where, f"frontend.f_min = {self.f_min:g}: must be above 0 for mel_scale \"log\""))
 
 
 @dataclass
@@ -151,9 +158,11 @@ class EncoderConfig:
     ``pools`` are (frequency, time) max-pool sizes per block. With ``ceil_pools`` a pool also
     covers the rows and frames left over at the end (ceil mode), so every frame reaches the
     output; without it they are dropped (floor mode, the authors' FCN). Whatever time steps
-    remain after the last block are pooled by ``time_pool`` ("max" or "mean"); the remaining
-    frequency rows are flattened, so the output size is
-    ``channels[-1] * ceil_or_floor(n_mels / prod(freq pools))``.
+    remain after the last block are pooled by ``time_pool`` ("max" or "mean"). The remaining
+    frequency rows are flattened (``freq_pool="flatten"``: output size
+    ``channels[-1] * ceil_or_floor(n_mels / prod(freq pools))``) or max- or mean-pooled
+    (``"max"``, ``"mean"``: output size ``channels[-1]``; on a log-frequency input the vector then
+    hardly moves when the music is transposed).
     """
 
     arch: str = "fcn4"
@@ -162,10 +171,13 @@ class EncoderConfig:
     input_bn: bool = True
     ceil_pools: bool = False
     time_pool: str = "max"
+    freq_pool: str = "flatten"
 
     def __post_init__(self) -> None:
         if self.time_pool not in TIME_POOLS:
             raise ValueError(f"encoder.time_pool must be one of {TIME_POOLS}, got {self.time_pool!r}")
+        if self.freq_pool not in FREQ_POOLS:
+            raise ValueError(f"encoder.freq_pool must be one of {FREQ_POOLS}, got {self.freq_pool!r}")
 
     def validate(self, where: str = "") -> None:
         """Raise ValueError naming the field (and ``where``, e.g. the file) for an unusable value."""
@@ -176,6 +188,7 @@ class EncoderConfig:
                                                                           for q in v)
             else "must be one [frequency, time] pair of sizes 1..64 per block of channels",
             "time_pool": _one_of(*TIME_POOLS),
+            "freq_pool": _one_of(*FREQ_POOLS),
         })
 
 
@@ -272,7 +285,7 @@ class ModelConfig:
             freq = -(-freq // f) if self.encoder.ceil_pools else freq // f
         if freq < 1:
             raise ValueError("encoder pools reduce the mel axis to nothing")
-        return self.encoder.channels[-1] * freq
+        return self.encoder.channels[-1] * (freq if self.encoder.freq_pool == "flatten" else 1)
 
     def mart_levels(self, samples: int | None = None) -> list[MartLevel]:
         """MART's level geometry (:func:`musicembed.windows.mart_levels`) for a window of
@@ -283,7 +296,12 @@ class ModelConfig:
         return mart_levels(samples, self.mart.levels, self.mart.parts, self.mart.frames)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        # Written only when it pools: a config with flattened rows then reads in releases
+        # without the option and keeps its fingerprint (Model.fingerprint hashes this dict).
+        if d["encoder"]["freq_pool"] == "flatten":
+            del d["encoder"]["freq_pool"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "") -> ModelConfig:

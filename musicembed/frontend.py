@@ -7,6 +7,7 @@ rebuilt from the config and never stored in the weights file.
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
@@ -16,21 +17,38 @@ from torch import nn
 from .config import FrontendConfig
 
 
+def log_filterbank(n_freqs: int, f_min: float, f_max: float, n_bands: int, sample_rate: int) -> torch.Tensor:
+    """Triangular filters (n_freqs, n_bands) evenly spaced in log frequency: band k peaks at
+    f_min * 2**(k * s) Hz, s = log2(f_max / f_min) / n_bands octaves, and falls linearly in
+    log2(frequency) to 0 at the centres of its neighbours; peak 1. The bands tile f_min..f_max:
+    72 bands from 110 to 7040 Hz are the semitones A2..G#8."""
+    freqs = torch.linspace(0, sample_rate / 2, n_freqs, dtype=torch.float64)
+    octaves = torch.log2(freqs.clamp(min=f_min / 4) / f_min)
+    step = math.log2(f_max / f_min) / n_bands
+    centres = torch.arange(n_bands, dtype=torch.float64) * step
+    dist = (octaves[:, None] - centres[None, :]).abs() / step
+    return (1 - dist).clamp(min=0).float()
+
+
 def mel_filterbank(cfg: FrontendConfig) -> torch.Tensor:
-    """Mel filterbank (n_fft // 2 + 1, n_mels), validated to have no all-zero filter."""
+    """Mel (or, ``mel_scale="log"``, log-frequency) filterbank (n_fft // 2 + 1, n_mels), validated
+    to have no all-zero filter."""
     fb_rate = cfg.filterbank_sample_rate or cfg.sample_rate
     f_max = cfg.f_max if cfg.f_max is not None else fb_rate / 2
-    with warnings.catch_warnings():  # empty filters are reported below, with a remedy
-        warnings.simplefilter("ignore", UserWarning)
-        fb = AF.melscale_fbanks(
-            n_freqs=cfg.n_fft // 2 + 1,
-            f_min=cfg.f_min,
-            f_max=f_max,
-            n_mels=cfg.n_mels,
-            sample_rate=fb_rate,
-            norm=cfg.mel_norm,
-            mel_scale=cfg.mel_scale,
-        )
+    if cfg.mel_scale == "log":
+        fb = log_filterbank(cfg.n_fft // 2 + 1, cfg.f_min, f_max, cfg.n_mels, fb_rate)
+    else:
+        with warnings.catch_warnings():  # empty filters are reported below, with a remedy
+            warnings.simplefilter("ignore", UserWarning)
+            fb = AF.melscale_fbanks(
+                n_freqs=cfg.n_fft // 2 + 1,
+                f_min=cfg.f_min,
+                f_max=f_max,
+                n_mels=cfg.n_mels,
+                sample_rate=fb_rate,
+                norm=cfg.mel_norm,
+                mel_scale=cfg.mel_scale,
+            )
     empty = (fb.max(dim=0).values <= 0).nonzero().flatten().tolist()
     if empty and not cfg.allow_empty_filters:
         raise ValueError(

@@ -42,6 +42,17 @@ def tiny_pemr_config() -> ModelConfig:
     )
 
 
+def log_pemr_config(freq_pool: str) -> ModelConfig:
+    """A tiny PEMR on 60 log-frequency bands (the semitones from 110 to 3520 Hz) with ``freq_pool``."""
+    return ModelConfig(
+        method="pemr", name=f"log-pemr-{freq_pool}", window_samples=16000,
+        frontend=FrontendConfig(sample_rate=16000, n_fft=2048, hop_length=256, n_mels=60, f_min=110.0,
+                                f_max=3520.0, mel_scale="log", normalize="window"),
+        encoder=EncoderConfig(channels=[8, 8], pools=[[2, 2], [2, 2]], ceil_pools=True, time_pool="mean",
+                              freq_pool=freq_pool),
+    )
+
+
 def tiny_mart_config() -> ModelConfig:
     return ModelConfig(
         method="mart", name="tiny-mart", window_samples=16000,

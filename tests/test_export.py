@@ -16,6 +16,8 @@ from musicembed.config import FrontendConfig, ModelConfig
 from musicembed.export import RealLogMel, export, min_samples, probe_inputs, read_metadata, run_exported
 from musicembed.frontend import LogMel
 
+from audio_fixtures import log_pemr_config, make_model_dir
+
 HAVE_ONNX = importlib.util.find_spec("onnx") is not None
 HAVE_ORT = importlib.util.find_spec("onnxruntime") is not None
 needs_onnx = pytest.mark.skipif(
@@ -36,6 +38,8 @@ def _close(got: np.ndarray, want: np.ndarray) -> None:
     FrontendConfig(sample_rate=16000, n_fft=1024, hop_length=256, n_mels=128, top_db=80.0),
     FrontendConfig(sample_rate=22050, n_fft=256, hop_length=128, n_mels=128, filterbank_sample_rate=16000,
                    allow_empty_filters=True, center=False),
+    FrontendConfig(sample_rate=16000, n_fft=2048, hop_length=256, n_mels=48, f_min=110.0, f_max=3520.0,
+                   mel_scale="log", top_db=40.0, normalize="window"),
 ])
 def test_real_stft_logmel_matches_torch_stft(cfg):
     wave = torch.from_numpy(np.concatenate(probe_inputs(ModelConfig(window_samples=8000, frontend=cfg))[:2]))
@@ -108,6 +112,15 @@ def test_torchscript_matches_pytorch(which, pemr_dir, mart_dir, tmp_path):
     (got,) = run_exported(tmp_path / "m.pt", "torchscript", windows[:2])  # another batch size than traced
     _close(got, model.embed(list(windows[:2]), sample_rate=model.sample_rate))
     assert read_metadata(tmp_path / "m.pt")["method"] == which
+
+
+def test_torchscript_of_log_frequency_max_pooled_pemr(tmp_path):
+    model = load_model(make_model_dir(tmp_path / "logpemr", log_pemr_config("max")), device="cpu")
+    res = export(model, tmp_path / "m.pt", "torchscript")
+    assert res.max_abs_diff <= TOL * max(1.0, res.max_abs_reference)
+    windows = _window_inputs(model)
+    (got,) = run_exported(tmp_path / "m.pt", "torchscript", windows[:2])
+    _close(got, model.embed(list(windows[:2]), sample_rate=model.sample_rate))
 
 
 def test_cli_export_torchscript(pemr_dir, tmp_path):

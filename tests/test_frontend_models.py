@@ -6,6 +6,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torchaudio
@@ -17,7 +18,7 @@ from musicembed.models import MARTModel, PEMRModel, build_model
 from musicembed.presets import mart_config, pemr_config
 from musicembed.windows import level_spans
 
-from audio_fixtures import chord, noise, tiny_mart_config, tiny_pemr_config, tone
+from audio_fixtures import chord, log_pemr_config, noise, tiny_mart_config, tiny_pemr_config, tone
 
 
 def test_default_frontends_have_no_empty_filters():
@@ -49,6 +50,51 @@ def test_tone_energy_lands_in_the_right_band():
     fb = mel_filterbank(cfg)
     bin_2k = round(2000 / (16000 / cfg.n_fft))
     assert mel.mean(dim=1).argmax().item() == fb[bin_2k].argmax().item()
+
+
+def test_log_bands_are_semitones_and_tile_their_range():
+    cfg = FrontendConfig(sample_rate=16000, n_fft=4096, hop_length=768, n_mels=72, f_min=110.0, f_max=7040.0,
+                         mel_scale="log")
+    cfg.validate()
+    fb = mel_filterbank(cfg)
+    hz = torch.linspace(0, 8000, fb.shape[0])
+    centres = 110.0 * 2 ** (torch.arange(72) / 12)  # A2 .. G#8
+    assert (hz[fb.argmax(dim=0)] - centres).abs().max() <= 8000 / 2048 / 2 + 1e-6
+    inside = (hz >= centres[0]) & (hz <= centres[-1])
+    torch.testing.assert_close(fb[inside].sum(dim=1), torch.ones(int(inside.sum())))
+    assert fb[hz < 100].sum() == 0 and fb[hz > 7040].sum() == 0
+    mel = LogMel(cfg)(torch.from_numpy(tone(440, 1.0, 16000))[None])[0]
+    assert mel.mean(dim=1).argmax().item() == 24  # A4, two octaves above A2
+
+
+def test_log_scale_needs_a_positive_f_min():
+    with pytest.raises(ValueError, match=r"frontend\.f_min = 0: must be above 0 for mel_scale \"log\""):
+        FrontendConfig(f_min=0.0, mel_scale="log").validate()
+
+
+def _harmonic_chord(semitones: float, sr: int = 16000, seconds: float = 2.0) -> torch.Tensor:
+    """A major triad on A3 with 5 harmonics per note, transposed by ``semitones``; (1, samples)."""
+    t = np.arange(int(sr * seconds)) / sr
+    notes = [220.0 * 2 ** ((n + semitones) / 12) for n in (0, 4, 7)]
+    x = sum(0.1 / h * np.sin(2 * np.pi * f * h * t) for f in notes for h in range(1, 6))
+    return torch.from_numpy(x.astype(np.float32))[None]
+
+
+def test_frequency_pooling_sizes_and_transposition():
+    """Max or mean over the rows of a log-frequency encoder: one value per channel, and a
+    transposition (by 4 semitones, a multiple of the 4-row frequency pooling) moves the vector
+    far less than with flattened rows."""
+    change = {}
+    for pool in ("flatten", "max", "mean"):
+        cfg = log_pemr_config(pool)
+        assert cfg.embedding_dim == (8 * 15 if pool == "flatten" else 8)
+        torch.manual_seed(0)
+        net = build_model(cfg).eval()
+        with torch.no_grad():
+            a, b = net(_harmonic_chord(0))[0], net(_harmonic_chord(4))[0]
+        assert a.shape == (cfg.embedding_dim,)
+        change[pool] = ((a - b).norm() / a.norm()).item()
+    assert change["max"] < 0.5 * change["flatten"] and change["mean"] < 0.5 * change["flatten"], change
 
 
 def test_top_db_clips_dynamic_range():
@@ -149,6 +195,10 @@ def test_config_round_trip_and_unknown_keys(tmp_path):
         ModelConfig.from_dict({**cfg.to_dict(), "bogus": 1})
     with pytest.raises(ValueError, match="newer"):
         ModelConfig.from_dict({**cfg.to_dict(), "format_version": 99})
+    pooled = log_pemr_config("max")
+    pooled.save(tmp_path / "p.json")
+    assert ModelConfig.load(tmp_path / "p.json") == pooled
+    assert "freq_pool" not in cfg.to_dict()["encoder"]  # the default is not written
 
 
 @pytest.mark.parametrize("mode", ["window", "center"])
