@@ -149,6 +149,9 @@ class FrontendConfig:
             raise ValueError(_at(where, f"frontend.f_max = {self.f_max:g}: must be above f_min ({self.f_min:g})"))
         if self.mel_scale == "log" and not self.f_min > 0:
             raise ValueError(_at(where, f"frontend.f_min = {self.f_min:g}: must be above 0 for mel_scale \"log\""))
+        if self.mel_scale == "log" and self.mel_norm is not None:
+            raise ValueError(_at(where, f"frontend.mel_norm = {self.mel_norm!r}: must be null for mel_scale \"log\" "
+                                        "(its bands have peak 1)"))
 
 
 @dataclass

@@ -70,6 +70,8 @@ def test_log_bands_are_semitones_and_tile_their_range():
 def test_log_scale_needs_a_positive_f_min():
     with pytest.raises(ValueError, match=r"frontend\.f_min = 0: must be above 0 for mel_scale \"log\""):
         FrontendConfig(f_min=0.0, mel_scale="log").validate()
+    with pytest.raises(ValueError, match=r"frontend\.mel_norm = 'slaney': must be null"):
+        FrontendConfig(f_min=55.0, mel_scale="log", mel_norm="slaney").validate()
 
 
 def _harmonic_chord(semitones: float, sr: int = 16000, seconds: float = 2.0) -> torch.Tensor:
