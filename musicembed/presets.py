@@ -12,7 +12,7 @@ from .config import EncoderConfig, FrontendConfig, MartConfig, ModelConfig
 TINY: dict[str, dict[str, Any]] = {
     "pemr": {
         "window_samples": 8000,
-        "frontend": {"n_mels": 32, "n_fft": 256, "hop_length": 128},
+        "frontend": {"n_mels": 32, "n_fft": 256, "hop_length": 128, "mel_scale": "htk", "f_min": 0.0, "f_max": None},
         "encoder": {"channels": [8, 8], "pools": [[4, 4], [4, 4]]},
         "objective": {"layers": 2, "head_dim": 8, "ff_dim": 32, "projection_dim": 16},
     },
@@ -27,20 +27,25 @@ TINY: dict[str, dict[str, Any]] = {
 
 
 def pemr_config(**overrides: Any) -> ModelConfig:
-    """The project's PEMR inference config: FCN-4 on 3-s windows at 16 kHz, 512-d output.
+    """The project's PEMR inference config: FCN-4 on 3-s windows at 16 kHz, 1536-d output.
 
-    64 mel bands at a 32-ms hop (94 frames per window), clipped 40 dB below each window's peak
-    and standardised per window; 32/64/128/256 channels; ceil-mode pools and a mean over the
-    remaining time steps, so every frame of a window reaches its vector. The bundled weights'
-    architecture: ``musicembed train pemr`` starts from it.
+    72 log-frequency bands (one per semitone, 110-7040 Hz) from a 4096-point FFT at a 48-ms hop
+    (63 frames per window), clipped 40 dB below each window's peak and standardised per window;
+    64/128/256/512 channels; ceil-mode pools, the last one a max over groups of three frequency
+    rows (about two octaves each), and a mean over the remaining time steps, so every frame of a
+    window reaches its vector: 512 channels x 3 rows. The bundled weights' architecture:
+    ``musicembed train pemr`` starts from it.
     """
     cfg = ModelConfig(
         method="pemr",
         name="pemr",
         window_samples=48000,
-        frontend=FrontendConfig(n_fft=1024, hop_length=512, n_mels=64, top_db=40.0, normalize="window"),
+        frontend=FrontendConfig(
+            n_fft=4096, hop_length=768, n_mels=72, f_min=110.0, f_max=7040.0, mel_scale="log", top_db=40.0,
+            normalize="window",
+        ),
         encoder=EncoderConfig(
-            channels=[32, 64, 128, 256], pools=[[2, 4], [2, 2], [2, 2], [4, 1]], ceil_pools=True, time_pool="mean"
+            channels=[64, 128, 256, 512], pools=[[2, 4], [2, 2], [2, 2], [3, 1]], ceil_pools=True, time_pool="mean"
         ),
     )
     return dataclasses.replace(cfg, **overrides)

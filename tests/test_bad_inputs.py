@@ -679,7 +679,7 @@ def test_manifest_name_wins_over_a_folder_of_that_name(pemr_dir, tmp_path):
     (tmp_path / "pemr").mkdir()  # an unrelated folder that happens to be called pemr
     r = run_cli(["embed", "song.wav", "--json"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert len(json.loads(r.stdout)["embedding"]) == 512  # the bundled model
+    assert len(json.loads(r.stdout)["embedding"]) == 1536  # the bundled model
     warn = [ln for ln in r.stderr.splitlines() if ln.startswith("warning:")]
     assert len(warn) == 1 and "'./pemr'" in warn[0] and "Traceback" not in r.stderr
     # with a separator the folder is meant: here an empty one, refused on one line
@@ -694,7 +694,7 @@ def test_manifest_name_wins_over_a_folder_of_that_name(pemr_dir, tmp_path):
             "warnings.simplefilter('ignore'); print(load_model('pemr').embedding_dim)")
     r = run_python(code, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == ["16", "16", "512"]
+    assert r.stdout.split() == ["16", "16", "1536"]
     # a bare name the manifest does not have still loads a folder of that name
     shutil.copytree(pemr_dir, tmp_path / "mymodel")
     r = run_cli(["embed", "song.wav", "-m", "mymodel", "--json"], cwd=tmp_path)

@@ -115,12 +115,12 @@ def test_pemr_shapes_and_variable_length():
 
 
 def test_default_configs_build_with_the_documented_sizes():
-    for cfg in (pemr_config(), mart_config()):
+    for cfg, dim in ((pemr_config(), 1536), (mart_config(), 512)):
         net = build_model(cfg).eval()
         with torch.no_grad():
             out = net(torch.randn(1, cfg.window_samples))
         z = out[0] if isinstance(out, list) else out
-        assert z.shape[-1] == cfg.embedding_dim == 512
+        assert z.shape[-1] == cfg.embedding_dim == dim
 
 
 @pytest.mark.parametrize("name,preset", [("pemr", pemr_config), ("mart", mart_config)])
