@@ -12,6 +12,7 @@ from .config import EncoderConfig, FrontendConfig, MartConfig, ModelConfig
 TINY: dict[str, dict[str, Any]] = {
     "pemr": {
         "window_samples": 8000,
+        # a plain mel scale: 256 FFT points cannot resolve the default's semitone bands at 110 Hz
         "frontend": {"n_mels": 32, "n_fft": 256, "hop_length": 128, "mel_scale": "htk", "f_min": 0.0, "f_max": None},
         "encoder": {"channels": [8, 8], "pools": [[4, 4], [4, 4]]},
         "objective": {"layers": 2, "head_dim": 8, "ff_dim": 32, "projection_dim": 16},
