@@ -3,8 +3,8 @@
     python examples/mart_structure.py song.mp3                 # the bundled MART model
     python examples/mart_structure.py song.mp3 --level 1 --top 8
 
-MART embeds every window (level 0, the model's clip length; 8.2 s for the bundled model)
-and its halves, quarters, ... (levels 1, 2, ...: 4.1 s, 2 s, 1 s parts), each a vector in
+MART embeds every window (level 0, the model's clip length; 4.1 s for the bundled model)
+and its halves, quarters, ... (levels 1, 2, 3: 2.0 s, 1.0 s, 0.5 s parts), each a vector in
 one space. This script prints, for every level, the segment count and length, then for the
 chosen level the most alike pairs of segments that do not touch (repeated sections, a
 chorus coming back) and, for short tracks, a coarse self-similarity matrix.

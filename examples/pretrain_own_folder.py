@@ -1,6 +1,6 @@
 """Pre-train an encoder on your own audio folder with `musicembed train`, then load and use it.
 
-    python examples/pretrain_own_folder.py music/ --out my-model                 # paper-size PEMR, 1000 steps
+    python examples/pretrain_own_folder.py music/ --out my-model                 # the bundled PEMR's layout, 1000 steps
     python examples/pretrain_own_folder.py music/ --out my-model --tiny --steps 20 --batch-size 4
     python examples/pretrain_own_folder.py music/ --out my-model --method mart
 

@@ -314,8 +314,9 @@ def _logmel_panel(ax, model, x: np.ndarray, offset: float, fig):
     ticks = np.linspace(0, mel.shape[0] - 1, 6).round().astype(int)
     ax.set_yticks(ticks + 0.5)
     ax.set_yticklabels([f"{centers[i]:.0f}" if centers[i] < 1000 else f"{centers[i] / 1000:.1f}k" for i in ticks])
-    ax.set_ylabel("frequency (Hz, mel scale)")
-    fig.colorbar(im, ax=ax, label="log-mel (dB)", pad=0.01)
+    scale = "log scale" if model.config.frontend.mel_scale == "log" else "mel scale"
+    ax.set_ylabel(f"frequency (Hz, {scale})")
+    fig.colorbar(im, ax=ax, label="log power (dB)", pad=0.01)
     return t1
 
 

@@ -1,4 +1,4 @@
-"""PEMR inference model: waveform windows -> log-mel -> FCN-4 -> 512-d representation.
+"""PEMR inference model: waveform windows -> log-mel (or log-frequency) spectrogram -> FCN-4 -> vector.
 
 Only the encoder f of the paper is kept for inference (the projection head and the
 mask-generating transformer are training-time parts, see ``musicembed.train``).
